@@ -1,0 +1,262 @@
+"""The queue store interface: the only thing ingest and delivery share.
+
+Processes never hand messages to each other in memory; they pass them through the store,
+which is what makes `kill -9` safe and several instances possible. Every backend (SQLite
+embedded, PostgreSQL shared) implements this one interface and passes one contract suite
+(tests/store/contract.py).
+
+Model:
+- a *message*: envelope, metadata (JSON), the final header block, and a body kept as ordered
+  chunks. Bodies are written chunk by chunk while the client is still sending (never whole
+  in memory) and become visible only when `commit_message` stores the message row and its
+  deliveries in one durable transaction.
+- a *delivery*: one recipient of one message (`seq` "001", "002", ...), routed to a zone,
+  with status, next-attempt time, attempt count, last response, and a *lease* (owner and
+  expiry). A worker claims due deliveries with a lease; a lease that is not renewed expires,
+  so a dead worker's deliveries come back by themselves; `release` gives them back at once.
+- an *event*: one line of delivery history per attempt (delivered/deferred/bounced/...).
+
+Final rows (delivered, bounced) stay queryable for a retention window, then
+`collect_garbage` removes them. A body's chunks are removed as soon as no pending delivery
+needs them (the message row and headers stay while any delivery row is kept).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class StoreError(Exception):
+    """Base class for store failures."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot take writes right now (locked, disk full, server down): retry later (4xx)."""
+
+
+class BodyGone(StoreError):
+    """The body was garbage-collected (no pending delivery needed it) or never committed."""
+
+
+class MessageExists(StoreError):
+    """A message with this id is already stored."""
+
+
+class DeliveryStatus(enum.StrEnum):
+    QUEUED = "queued"  # waiting for its first attempt
+    DEFERRED = "deferred"  # failed softly, waiting for next_attempt
+    DELIVERED = "delivered"  # final: a receiver said 2xx
+    BOUNCED = "bounced"  # final: rejected, or out of retries
+
+    @property
+    def is_final(self) -> bool:
+        return self in (DeliveryStatus.DELIVERED, DeliveryStatus.BOUNCED)
+
+
+PENDING = (DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED)
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    seq: str
+    recipient: str
+    domain: str
+    zone: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """Everything committed at once when a submission ends."""
+
+    id: str
+    sender: str  # envelope MAIL FROM, "" for the null sender
+    recipients: tuple[str, ...]
+    headers: bytes  # final header block, CRLF line endings, ending with the blank line
+    body_size: int  # bytes of body chunks written (excluding headers)
+    meta: dict[str, Any]  # JSON-serialisable metadata (the /message/<id> "meta")
+    created: float  # unix time
+    not_before: float  # first attempt time (a future Date: header delays delivery)
+    deliveries: tuple[NewDelivery, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: str
+    sender: str
+    recipients: tuple[str, ...]
+    headers: bytes
+    body_size: int
+    meta: dict[str, Any]
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    id: str
+    seq: str
+    recipient: str
+    domain: str
+    zone: str
+    status: DeliveryStatus
+    attempts: int
+    created: float
+    next_attempt: float
+    first_failure: float | None
+    last_attempt: float | None
+    last_response: str | None
+    lease_owner: str | None
+    lease_until: float | None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.id, self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one delivery attempt, recorded by `record_outcome`.
+
+    status DELIVERED/BOUNCED is final; DEFERRED needs next_attempt. `details` (MX, local
+    IP, TLS, duration, category...) is kept in the event row as JSON.
+    """
+
+    status: DeliveryStatus
+    response: str
+    time: float
+    next_attempt: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    counts_as_attempt: bool = True  # False for "released without trying" (e.g. shutdown)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: str
+    seq: str
+    time: float
+    status: str
+    response: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    queued: int
+    deferred: int
+    delivered: int
+    bounced: int
+    messages: int
+    leased: int
+    by_zone: dict[str, dict[str, int]]  # zone -> status -> rows
+
+
+@dataclass(frozen=True, slots=True)
+class GcResult:
+    deliveries: int  # final rows past retention removed
+    messages: int  # messages with no delivery row left removed (with their bodies)
+    orphan_bodies: int  # bodies of submissions that never committed, removed
+
+
+class BodyWriter(abc.ABC):
+    """Appends chunks of one message body before the message is committed."""
+
+    @abc.abstractmethod
+    async def write(self, chunk: bytes) -> None:
+        """Append one chunk (the caller sends chunks of ~64-256 KiB)."""
+
+    @abc.abstractmethod
+    async def abort(self) -> None:
+        """Drop what was written: the submission failed and will never be committed."""
+
+
+class QueueStore(abc.ABC):
+    """One narrow interface over the durable queue. All methods are coroutines."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect / create the schema if needed."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush and close; pending writes complete first."""
+
+    # -- ingest ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def new_body(self, message_id: str) -> BodyWriter:
+        """Start a body for a message that is not committed yet."""
+
+    @abc.abstractmethod
+    async def commit_message(self, message: NewMessage) -> None:
+        """Store the message row and its deliveries atomically and durably.
+
+        When this returns, the message survives a crash or power cut (the SMTP 250 is sent
+        after it). Raises MessageExists for a duplicate id, StoreUnavailable when the store
+        cannot take the write.
+        """
+
+    # -- delivery -------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def claim(
+        self, owner: str, limit: int, lease_seconds: float, now: float, zones: frozenset[str] | None = None
+    ) -> list[Delivery]:
+        """Lease up to ``limit`` due deliveries (pending, next_attempt <= now, lease free or
+        expired), oldest due first. Two owners never hold the same delivery."""
+
+    @abc.abstractmethod
+    async def renew_leases(self, owner: str, keys: list[tuple[str, str]], lease_seconds: float, now: float) -> int:
+        """Extend the owner's leases on these deliveries; returns how many it still held."""
+
+    @abc.abstractmethod
+    async def release(self, owner: str, keys: list[tuple[str, str]] | None = None) -> int:
+        """Give back leases (all of the owner's when keys is None) so others may claim at once."""
+
+    @abc.abstractmethod
+    async def record_outcome(self, key: tuple[str, str], owner: str, outcome: Outcome) -> bool:
+        """Apply an attempt's outcome, write its event, and drop the lease, in one transaction.
+
+        Applies only if the delivery is still pending; returns False otherwise (another owner
+        finished it first). A final outcome is recorded even if the lease expired meanwhile:
+        the receiver has answered, and a second attempt would only duplicate.
+        """
+
+    @abc.abstractmethod
+    def read_body(self, message_id: str) -> AsyncIterator[bytes]:
+        """Yield the stored body chunks in order (never the whole body at once).
+
+        Raises BodyGone when the message has no stored body any more."""
+
+    # -- inspection ---------------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_message(self, message_id: str) -> StoredMessage | None: ...
+
+    @abc.abstractmethod
+    async def get_deliveries(self, message_id: str) -> list[Delivery]: ...
+
+    @abc.abstractmethod
+    async def get_events(self, message_id: str) -> list[Event]: ...
+
+    @abc.abstractmethod
+    async def list_deliveries(
+        self,
+        statuses: tuple[DeliveryStatus, ...] | None = None,
+        zone: str | None = None,
+        limit: int = 1000,
+    ) -> list[Delivery]:
+        """Deliveries in created order, filtered by status and zone."""
+
+    @abc.abstractmethod
+    async def stats(self) -> QueueStats: ...
+
+    @abc.abstractmethod
+    async def next_due(self) -> float | None:
+        """The earliest next_attempt among pending deliveries (for sleeping until then)."""
+
+    # -- housekeeping -------------------------------------------------------------------
+    @abc.abstractmethod
+    async def collect_garbage(self, now: float, retention: float, orphan_age: float) -> GcResult:
+        """Remove final deliveries whose last change is older than ``retention``; messages
+        with no delivery row left; body chunks of messages with no pending delivery; and
+        uncommitted bodies untouched for ``orphan_age`` seconds."""
