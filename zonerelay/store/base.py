@@ -206,7 +206,9 @@ class QueueStore(abc.ABC):
         expired), oldest due first. Two owners never hold the same delivery."""
 
     @abc.abstractmethod
-    async def renew_leases(self, owner: str, keys: list[tuple[str, str]], lease_seconds: float, now: float) -> int:
+    async def renew_leases(
+        self, owner: str, keys: list[tuple[str, str]], lease_seconds: float, now: float
+    ) -> int:
         """Extend the owner's leases on these deliveries; returns how many it still held."""
 
     @abc.abstractmethod

@@ -1,0 +1,912 @@
+"""The embedded queue store: one SQLite file (WAL mode) shared by the processes of one host.
+
+Threads and connections
+    One writer thread per store instance owns the only write connection. Coroutines put write
+    operations on a queue and await a future. The writer takes the first operation, drains what
+    else is queued (up to ``_MAX_BATCH``), runs them all in ONE transaction (``BEGIN IMMEDIATE``
+    ... ``COMMIT``, each operation inside its own SAVEPOINT so a failing one fails only its own
+    future), and only then resolves the futures, with one ``call_soon_threadsafe`` per batch.
+    Concurrent SMTP sessions therefore share commits (group commit). Reads run on a small pool
+    of reader threads, each with its own connection; in WAL mode readers never block the writer
+    and see a consistent snapshot. No sqlite call ever runs on the event-loop thread.
+
+Several processes
+    The SMTP process writes messages while delivery processes claim and update deliveries in
+    the same file. Every write transaction starts with ``BEGIN IMMEDIATE`` (take the write lock
+    first, so a transaction never fails half way on an upgrade), and ``busy_timeout`` (10 s by
+    default) lets a transaction wait for another process's. A claim is one ``UPDATE ...
+    RETURNING`` under that lock, so two processes can never lease the same delivery. A store
+    that stays locked, a full disk or an I/O error raise ``StoreUnavailable`` (SMTP 451 4.3.0).
+
+Durability: why a returned ``commit_message`` survives a power cut
+    The database runs in WAL mode. A transaction commits by appending its pages to the WAL file
+    followed by a commit frame; frames carry checksums chained from the start of the WAL, and
+    recovery replays frames up to the last valid commit frame. A batch that contains a message
+    commit or an outcome (``record_outcome``) runs with ``synchronous=FULL``: the WAL is fsync'd
+    before COMMIT returns, so the commit frame is on the platter before any future resolves and
+    before the SMTP layer answers 250.
+
+    Batches that contain only body chunks, aborts, leases (claim/renew/release) or garbage
+    collection run with ``synchronous=NORMAL`` (no fsync at commit). That is safe because:
+    - fsync flushes the whole WAL file, so the later FULL commit of a message also makes every
+      earlier frame durable, including that message's chunks written before it (checkpoints in
+      NORMAL mode fsync the WAL before copying it back and the database file after, so frames
+      from before a WAL restart are durable in the database file);
+    - a process crash (``kill -9``) loses nothing even in NORMAL mode: the frames are in the OS
+      page cache; only an OS crash or power cut can drop unsynced frames;
+    - a lease change lost to a power cut only matters to a holder that survived it, and a power
+      cut kills every process sharing this file (SQLite is never shared across hosts); a lost
+      chunk write belongs to a submission that was never answered 250; a lost GC step is redone.
+    Set ``synchronous_full_always=True`` to use FULL for every batch.
+
+Garbage collection
+    A body's chunks are dropped once no pending delivery needs them: the transaction that
+    records the last final outcome of a message marks its body dead (``body_state = 1``, after
+    which ``read_body`` raises BodyGone), and ``collect_garbage`` deletes the chunks in batches
+    bounded by chunk count, so a huge GC never holds the write lock for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import Future as ThreadFuture
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from zonerelay.store.base import (
+    BodyGone,
+    BodyWriter,
+    Delivery,
+    DeliveryStatus,
+    Event,
+    GcResult,
+    MessageExists,
+    NewMessage,
+    Outcome,
+    QueueStats,
+    QueueStore,
+    StoredMessage,
+    StoreError,
+    StoreUnavailable,
+)
+
+__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+_MAX_BATCH = 500  # write operations per group-commit transaction
+_READ_CHUNKS = 4  # body chunks fetched per reader round trip (~1 MiB at 256 KiB chunks)
+_GC_CHUNK_BUDGET = 64  # body chunks deleted per GC transaction (~16 MiB)
+_GC_ROW_BATCH = 500  # delivery rows deleted per GC transaction
+_GC_MESSAGE_BATCH = 100  # messages / orphan bodies looked at per GC transaction
+
+# body_state of a message row
+_BODY_LIVE = 0  # chunks stored and needed
+_BODY_DEAD = 1  # no pending delivery needs the body; chunks are waiting for GC
+_BODY_DELETED = 2  # chunks deleted, message row kept while delivery rows are
+
+_PENDING_SQL = "status IN ('queued','deferred')"
+_FINAL_SQL = "status IN ('delivered','bounced')"
+_PENDING_VALUES = frozenset(s.value for s in (DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED))
+_FINAL_VALUES = frozenset(s.value for s in (DeliveryStatus.DELIVERED, DeliveryStatus.BOUNCED))
+_STATUS = {s.value: s for s in DeliveryStatus}
+
+_DELIVERY_COLS = (
+    "id, seq, recipient, domain, zone, status, attempts, created, next_attempt, first_failure,"
+    " last_attempt, last_response, lease_owner, lease_until"
+)
+
+_SCHEMA = (
+    """CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        sender TEXT NOT NULL,
+        recipients TEXT NOT NULL,           -- JSON array
+        headers BLOB NOT NULL,
+        body_size INTEGER NOT NULL,
+        meta TEXT NOT NULL,                 -- JSON object
+        created REAL NOT NULL,
+        body_state INTEGER NOT NULL DEFAULT 0
+    )""",
+    # only messages whose chunks wait for GC are in this index
+    "CREATE INDEX messages_body_dead ON messages(id) WHERE body_state = 1",
+    # rowid table: chunks are large (overflow pages), WITHOUT ROWID suits small rows only
+    """CREATE TABLE chunks (
+        message_id TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (message_id, idx)
+    )""",
+    # only bodies being received right now (and orphans): small, so GC scans it without an index
+    """CREATE TABLE pending_bodies (
+        message_id TEXT PRIMARY KEY,
+        touched REAL NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE deliveries (
+        id TEXT NOT NULL,
+        seq TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        zone TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL,
+        next_attempt REAL NOT NULL,
+        first_failure REAL,
+        last_attempt REAL,
+        last_response TEXT,
+        lease_owner TEXT,
+        lease_until REAL,
+        updated REAL NOT NULL,
+        PRIMARY KEY (id, seq)
+    )""",
+    # claim without zones: walk pending rows in next_attempt order, stop after LIMIT matches
+    f"CREATE INDEX deliveries_due ON deliveries(next_attempt) WHERE {_PENDING_SQL}",
+    # claim with zones: one ordered range per zone
+    f"CREATE INDEX deliveries_zone_due ON deliveries(zone, next_attempt) WHERE {_PENDING_SQL}",
+    # stats (GROUP BY status, zone) and list_deliveries by status [and zone] in created order
+    "CREATE INDEX deliveries_status ON deliveries(status, zone, created)",
+    # release(owner) and the leased count
+    "CREATE INDEX deliveries_lease ON deliveries(lease_owner) WHERE lease_owner IS NOT NULL",
+    # GC of final rows past retention
+    f"CREATE INDEX deliveries_final ON deliveries(updated) WHERE {_FINAL_SQL}",
+    """CREATE TABLE events (
+        eid INTEGER PRIMARY KEY,
+        id TEXT NOT NULL,
+        seq TEXT NOT NULL,
+        time REAL NOT NULL,
+        status TEXT NOT NULL,
+        response TEXT NOT NULL,
+        details TEXT NOT NULL               -- JSON object
+    )""",
+    "CREATE INDEX events_id ON events(id)",
+)
+
+_UNAVAILABLE_CODES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOMEM,
+    }
+)
+
+# (operation, its arguments, loop of the waiting coroutine, future, needs synchronous=FULL)
+_Op = tuple[Callable[..., Any], tuple[Any, ...], asyncio.AbstractEventLoop, asyncio.Future[Any], bool]
+_Settled = tuple[asyncio.Future[Any], BaseException | None, Any]
+
+
+def _map_error(exc: BaseException) -> BaseException:
+    """Turn a sqlite3 error into the store's exceptions (StoreErrors pass unchanged)."""
+    if isinstance(exc, StoreError) or not isinstance(exc, sqlite3.Error):
+        return exc
+    code = getattr(exc, "sqlite_errorcode", None)
+    mapped: StoreError
+    if code is not None and (code & 0xFF) in _UNAVAILABLE_CODES:
+        mapped = StoreUnavailable(f"queue store unavailable: {exc}")
+    else:
+        mapped = StoreError(f"queue store error: {exc}")
+    mapped.__cause__ = exc
+    return mapped
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _delivery(r: tuple[Any, ...]) -> Delivery:
+    return Delivery(
+        r[0], r[1], r[2], r[3], r[4], _STATUS[r[5]], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13]
+    )
+
+
+# -- write operations: run on the writer thread inside the batch transaction ------------------
+
+
+def _op_write_chunk(conn: sqlite3.Connection, mid: str, idx: int, data: bytes, now: float) -> None:
+    if idx == 0:
+        if conn.execute("SELECT 1 FROM messages WHERE id = ?", (mid,)).fetchone() is not None:
+            raise MessageExists(f"message {mid} is already stored")
+        try:
+            conn.execute("INSERT INTO pending_bodies (message_id, touched) VALUES (?, ?)", (mid, now))
+        except sqlite3.IntegrityError as exc:
+            raise MessageExists(f"a body for {mid} is already being written") from exc
+    elif conn.execute("UPDATE pending_bodies SET touched = ? WHERE message_id = ?", (now, mid)).rowcount == 0:
+        raise BodyGone(f"uncommitted body of {mid} was collected as an orphan")
+    conn.execute("INSERT INTO chunks (message_id, idx, data) VALUES (?, ?, ?)", (mid, idx, data))
+
+
+def _op_abort(conn: sqlite3.Connection, mid: str) -> None:
+    # only a body still pending (never a committed message's) is dropped
+    if conn.execute("DELETE FROM pending_bodies WHERE message_id = ?", (mid,)).rowcount:
+        conn.execute("DELETE FROM chunks WHERE message_id = ?", (mid,))
+
+
+def _op_commit(conn: sqlite3.Connection, m: NewMessage, recipients: str, meta: str) -> None:
+    try:
+        conn.execute(
+            "INSERT INTO messages (id, sender, recipients, headers, body_size, meta, created, body_state)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (m.id, m.sender, recipients, m.headers, m.body_size, meta, m.created,
+             _BODY_LIVE if m.deliveries else _BODY_DEAD),
+        )  # fmt: skip
+    except sqlite3.IntegrityError as exc:
+        raise MessageExists(f"message {m.id} is already stored") from exc
+    # length() of a blob reads the record header only, not the overflow pages
+    size = conn.execute("SELECT total(length(data)) FROM chunks WHERE message_id = ?", (m.id,)).fetchone()[0]
+    if int(size) != m.body_size:
+        raise StoreError(f"body of {m.id} has {int(size)} bytes stored, {m.body_size} announced")
+    rows = [
+        (m.id, d.seq, d.recipient, d.domain, d.zone, m.created, m.not_before, m.created) for d in m.deliveries
+    ]
+    try:
+        conn.executemany(
+            "INSERT INTO deliveries (id, seq, recipient, domain, zone, status, attempts, created,"
+            " next_attempt, updated) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)",
+            rows,
+        )
+    except sqlite3.IntegrityError as exc:
+        raise StoreError(f"message {m.id} lists a delivery seq twice") from exc
+    conn.execute("DELETE FROM pending_bodies WHERE message_id = ?", (m.id,))
+
+
+def _op_claim(conn: sqlite3.Connection, sql: str, params: dict[str, Any]) -> list[Delivery]:
+    rows = conn.execute(sql, params).fetchall()
+    out = [_delivery(r) for r in rows]
+    out.sort(key=lambda d: (d.next_attempt, d.created))  # RETURNING order is unspecified
+    return out
+
+
+def _op_renew(conn: sqlite3.Connection, rows: list[tuple[float, str, str, str]]) -> int:
+    cur = conn.executemany(
+        "UPDATE deliveries SET lease_until = ? WHERE id = ? AND seq = ? AND lease_owner = ?"
+        f" AND {_PENDING_SQL}",
+        rows,
+    )
+    return cur.rowcount
+
+
+def _op_release(conn: sqlite3.Connection, owner: str, keys: list[tuple[str, str]] | None) -> int:
+    if keys is None:
+        sql = "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?"
+        return conn.execute(sql, (owner,)).rowcount
+    sql = (
+        "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL"
+        " WHERE id = ? AND seq = ? AND lease_owner = ?"
+    )
+    return conn.executemany(sql, [(k[0], k[1], owner) for k in keys]).rowcount
+
+
+def _op_outcome(conn: sqlite3.Connection, mid: str, seq: str, owner: str, o: Outcome, details: str) -> bool:
+    row = conn.execute(
+        "SELECT status, lease_owner, lease_until FROM deliveries WHERE id = ? AND seq = ?", (mid, seq)
+    ).fetchone()
+    if row is None or row[0] not in _PENDING_VALUES:
+        return False  # finished (or removed) meanwhile
+    status = o.status.value
+    final = status in _FINAL_VALUES
+    if not final and row[1] is not None and row[1] != owner and row[2] is not None and row[2] >= o.time:
+        return False  # another owner holds a live lease: its outcome will count, not ours
+    tries = 1 if o.counts_as_attempt else 0
+    if final:
+        conn.execute(
+            "UPDATE deliveries SET status = ?, attempts = attempts + ?,"
+            " last_attempt = CASE WHEN ? THEN ? ELSE last_attempt END, last_response = ?,"
+            " first_failure = CASE WHEN ? = 'bounced' THEN coalesce(first_failure, ?) ELSE first_failure END,"
+            " lease_owner = NULL, lease_until = NULL, updated = ? WHERE id = ? AND seq = ?",
+            (status, tries, tries, o.time, o.response, status, o.time, o.time, mid, seq),
+        )
+    elif tries:
+        conn.execute(
+            "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt = ?,"
+            " first_failure = coalesce(first_failure, ?), last_attempt = ?, last_response = ?,"
+            " lease_owner = NULL, lease_until = NULL, updated = ? WHERE id = ? AND seq = ?",
+            (status, o.next_attempt, o.time, o.time, o.response, o.time, mid, seq),
+        )
+    else:
+        conn.execute(
+            "UPDATE deliveries SET next_attempt = ?, last_response = ?, lease_owner = NULL,"
+            " lease_until = NULL, updated = ? WHERE id = ? AND seq = ?",
+            (o.next_attempt, o.response, o.time, mid, seq),
+        )
+    conn.execute(
+        "INSERT INTO events (id, seq, time, status, response, details) VALUES (?, ?, ?, ?, ?, ?)",
+        (mid, seq, o.time, status, o.response, details),
+    )
+    if (
+        final
+        and conn.execute(f"SELECT 1 FROM deliveries WHERE id = ? AND {_PENDING_SQL}", (mid,)).fetchone()
+        is None
+    ):
+        conn.execute(
+            f"UPDATE messages SET body_state = {_BODY_DEAD} WHERE id = ? AND body_state = {_BODY_LIVE}",
+            (mid,),
+        )
+    return True
+
+
+def _delete_chunks(conn: sqlite3.Connection, mid: str, budget: int) -> tuple[int, bool]:
+    """Delete up to ``budget`` chunks of a body; returns (budget left, all chunks gone)."""
+    n = conn.execute(
+        "DELETE FROM chunks WHERE rowid IN (SELECT rowid FROM chunks WHERE message_id = ? LIMIT ?)",
+        (mid, budget),
+    ).rowcount
+    budget -= n
+    if budget > 0:
+        return budget, True
+    return 0, conn.execute("SELECT 1 FROM chunks WHERE message_id = ?", (mid,)).fetchone() is None
+
+
+def _delete_message(conn: sqlite3.Connection, mid: str) -> None:
+    conn.execute("DELETE FROM messages WHERE id = ?", (mid,))
+    conn.execute("DELETE FROM events WHERE id = ?", (mid,))
+    conn.execute("DELETE FROM chunks WHERE message_id = ?", (mid,))  # normally none left
+
+
+def _op_gc_dead_bodies(conn: sqlite3.Connection) -> tuple[int, bool]:
+    """Delete chunks of dead bodies; returns (messages removed, more to do)."""
+    ids = conn.execute(
+        f"SELECT id FROM messages WHERE body_state = {_BODY_DEAD} LIMIT {_GC_MESSAGE_BATCH}"
+    ).fetchall()
+    budget, removed = _GC_CHUNK_BUDGET, 0
+    for (mid,) in ids:
+        budget, done = _delete_chunks(conn, mid, budget)
+        if not done:
+            return removed, True
+        if conn.execute("SELECT 1 FROM deliveries WHERE id = ?", (mid,)).fetchone() is None:
+            _delete_message(conn, mid)
+            removed += 1
+        else:
+            conn.execute(f"UPDATE messages SET body_state = {_BODY_DELETED} WHERE id = ?", (mid,))
+        if budget == 0:
+            return removed, True
+    return removed, len(ids) == _GC_MESSAGE_BATCH
+
+
+def _op_gc_final(conn: sqlite3.Connection, cutoff: float) -> tuple[int, int, bool]:
+    """Delete final deliveries last changed before cutoff, then their messages if no row is left."""
+    rows = conn.execute(
+        f"DELETE FROM deliveries WHERE rowid IN (SELECT rowid FROM deliveries INDEXED BY deliveries_final"
+        f" WHERE {_FINAL_SQL}"
+        f" AND updated < ? LIMIT {_GC_ROW_BATCH}) RETURNING id",
+        (cutoff,),
+    ).fetchall()
+    removed = 0
+    for mid in {r[0] for r in rows}:
+        if conn.execute("SELECT 1 FROM deliveries WHERE id = ?", (mid,)).fetchone() is None:
+            _delete_message(conn, mid)
+            removed += 1
+    return len(rows), removed, len(rows) == _GC_ROW_BATCH
+
+
+def _op_gc_orphans(conn: sqlite3.Connection, cutoff: float) -> tuple[int, bool]:
+    """Delete uncommitted bodies untouched since cutoff; returns (bodies removed, more to do)."""
+    ids = conn.execute(
+        f"SELECT message_id FROM pending_bodies WHERE touched < ? ORDER BY touched LIMIT {_GC_MESSAGE_BATCH}",
+        (cutoff,),
+    ).fetchall()
+    budget, removed = _GC_CHUNK_BUDGET, 0
+    for (mid,) in ids:
+        budget, done = _delete_chunks(conn, mid, budget)
+        if not done:
+            return removed, True
+        conn.execute("DELETE FROM pending_bodies WHERE message_id = ?", (mid,))
+        removed += 1
+        if budget == 0:
+            return removed, True
+    return removed, len(ids) == _GC_MESSAGE_BATCH
+
+
+# -- read operations: run on a reader thread ------------------------------------------------
+
+
+def _read_message(conn: sqlite3.Connection, mid: str) -> StoredMessage | None:
+    r = conn.execute(
+        "SELECT id, sender, recipients, headers, body_size, meta, created FROM messages WHERE id = ?", (mid,)
+    ).fetchone()
+    if r is None:
+        return None
+    return StoredMessage(r[0], r[1], tuple(json.loads(r[2])), bytes(r[3]), r[4], json.loads(r[5]), r[6])
+
+
+def _read_deliveries(conn: sqlite3.Connection, mid: str) -> list[Delivery]:
+    sql = f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE id = ? ORDER BY length(seq), seq"
+    return [_delivery(r) for r in conn.execute(sql, (mid,))]
+
+
+def _read_events(conn: sqlite3.Connection, mid: str) -> list[Event]:
+    sql = "SELECT id, seq, time, status, response, details FROM events WHERE id = ? ORDER BY eid"
+    return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in conn.execute(sql, (mid,))]
+
+
+def _read_list(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[Delivery]:
+    return [_delivery(r) for r in conn.execute(sql, params)]
+
+
+def _read_stats(conn: sqlite3.Connection, now: float) -> QueueStats:
+    conn.execute("BEGIN")  # one snapshot for all counts
+    try:
+        rows = conn.execute("SELECT status, zone, count(*) FROM deliveries GROUP BY status, zone").fetchall()
+        messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        leased = conn.execute(
+            "SELECT count(*) FROM deliveries WHERE lease_owner IS NOT NULL AND lease_until >= ?", (now,)
+        ).fetchone()[0]
+    finally:
+        conn.execute("COMMIT")
+    totals = dict.fromkeys(_STATUS, 0)
+    by_zone: dict[str, dict[str, int]] = {}
+    for status, zone, n in rows:
+        totals[status] = totals.get(status, 0) + n
+        by_zone.setdefault(zone, dict.fromkeys(_STATUS, 0))[status] = n
+    return QueueStats(
+        queued=totals["queued"],
+        deferred=totals["deferred"],
+        delivered=totals["delivered"],
+        bounced=totals["bounced"],
+        messages=messages,
+        leased=leased,
+        by_zone=by_zone,
+    )
+
+
+def _read_next_due(conn: sqlite3.Connection) -> float | None:
+    value: float | None = conn.execute(
+        f"SELECT min(next_attempt) FROM deliveries INDEXED BY deliveries_due WHERE {_PENDING_SQL}"
+    ).fetchone()[0]
+    return value
+
+
+def _read_chunks(conn: sqlite3.Connection, mid: str, idx: int) -> list[tuple[int, bytes]]:
+    # one snapshot: a body still live here has all its chunks (GC deletes only dead bodies)
+    conn.execute("BEGIN")
+    try:
+        row = conn.execute("SELECT body_state FROM messages WHERE id = ?", (mid,)).fetchone()
+        if row is None:
+            raise BodyGone(f"message {mid} is not stored")
+        if row[0] != _BODY_LIVE:
+            raise BodyGone(f"body of {mid} was collected: no pending delivery needs it")
+        rows: list[tuple[int, bytes]] = conn.execute(
+            "SELECT idx, data FROM chunks WHERE message_id = ? AND idx >= ?"
+            f" ORDER BY idx LIMIT {_READ_CHUNKS}",
+            (mid, idx),
+        ).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    return rows
+
+
+class _SqliteBodyWriter(BodyWriter):
+    """Chunks go through the writer thread (group-committed, synchronous=NORMAL).
+
+    The pending_bodies row is created with the first chunk, so an empty body costs no write.
+    Calls must be awaited one after the other.
+    """
+
+    __slots__ = ("_closed", "_id", "_idx", "_store")
+
+    def __init__(self, store: SqliteStore, message_id: str) -> None:
+        self._store = store
+        self._id = message_id
+        self._idx = 0
+        self._closed = False
+
+    async def write(self, chunk: bytes) -> None:
+        if self._closed:
+            raise StoreError(f"body writer of {self._id} was aborted")
+        if not chunk:
+            return
+        data = chunk if type(chunk) is bytes else bytes(chunk)
+        await self._store._submit(_op_write_chunk, (self._id, self._idx, data, time.time()), False)
+        self._idx += 1
+
+    async def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._idx:
+            await self._store._submit(_op_abort, (self._id,), False)
+
+
+class SqliteStore(QueueStore):
+    """QueueStore on one SQLite file; see the module docstring for threads and durability."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout: float = 10.0,
+        readers: int = 4,
+        synchronous_full_always: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self._busy_timeout = busy_timeout
+        self._n_readers = readers
+        self._full_always = synchronous_full_always
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._sync_level = -1  # synchronous level of the write connection, set per batch
+        self._readers: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._read_conns: list[sqlite3.Connection] = []
+        self._read_lock = threading.Lock()
+        self._closed = False
+        self._claim_sql: dict[int, str] = {}
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False,
+            cached_statements=256,
+        )  # fmt: skip
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        return conn
+
+    def _init_db(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self.path}: cannot use WAL journal mode (got {mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            self._sync_level = 2
+            conn.execute("PRAGMA journal_size_limit = 67108864")
+            conn.execute("PRAGMA cache_size = -16384")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version == 0:
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                elif version != SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path}: schema version {version}, this code knows {SCHEMA_VERSION}"
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _writer_main(self, ready: ThreadFuture[None]) -> None:
+        try:
+            conn = self._init_db()
+        except BaseException as exc:
+            ready.set_exception(_map_error(exc))
+            return
+        ready.set_result(None)
+        q = self._queue
+        try:
+            stop = False
+            while not stop:
+                op = q.get()
+                if op is None:
+                    break
+                batch = [op]
+                while len(batch) < _MAX_BATCH:
+                    try:
+                        op = q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if op is None:
+                        stop = True
+                        break
+                    batch.append(op)
+                try:
+                    self._run_batch(conn, batch)
+                except BaseException as exc:  # never let the writer die with futures waiting
+                    self._rollback(conn)
+                    self._fail(batch, exc)
+        finally:
+            conn.close()
+            leftover: list[_Op] = []
+            while True:
+                try:
+                    op = q.get_nowait()
+                except queue.Empty:
+                    break
+                if op is not None:
+                    leftover.append(op)
+            self._fail(leftover, StoreError("queue store is closed"))
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        level = 2 if self._full_always or any(op[4] for op in batch) else 1
+        try:
+            if level != self._sync_level:
+                conn.execute("PRAGMA synchronous = FULL" if level == 2 else "PRAGMA synchronous = NORMAL")
+                self._sync_level = level
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._fail(batch, exc)
+            return
+        settled: list[tuple[asyncio.AbstractEventLoop, _Settled]] = []
+        if len(batch) == 1:
+            fn, args, loop, fut, _ = batch[0]
+            try:
+                result = fn(conn, *args)
+            except Exception as exc:
+                self._rollback(conn)
+                self._fail(batch, exc)
+                return
+            settled.append((loop, (fut, None, result)))
+        else:
+            for fn, args, loop, fut, _ in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = fn(conn, *args)
+                except Exception as exc:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                    if not conn.in_transaction:  # the error rolled back the whole transaction
+                        self._rollback(conn)
+                        self._fail(batch, exc)
+                        return
+                    settled.append((loop, (fut, _map_error(exc), None)))
+                else:
+                    conn.execute("RELEASE op")
+                    settled.append((loop, (fut, None, result)))
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback(conn)
+            self._fail(batch, exc)
+            return
+        self._settle(settled)
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+
+    def _fail(self, batch: Iterable[_Op], exc: BaseException) -> None:
+        mapped = _map_error(exc)
+        settled: list[tuple[asyncio.AbstractEventLoop, _Settled]] = []
+        for _, _, loop, fut, _ in batch:
+            # a fresh exception per future: they are raised in different tasks
+            one = mapped
+            if isinstance(mapped, StoreError):
+                one = type(mapped)(*mapped.args)
+                one.__cause__ = mapped.__cause__ or (exc if exc is not mapped else None)
+            settled.append((loop, (fut, one, None)))
+        self._settle(settled)
+
+    @staticmethod
+    def _settle(settled: list[tuple[asyncio.AbstractEventLoop, _Settled]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Settled]] = {}
+        for loop, item in settled:
+            by_loop.setdefault(loop, []).append(item)
+        for loop, items in by_loop.items():
+            # RuntimeError: the loop is closed, nobody is waiting any more
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, items)
+
+    def _submit(self, fn: Callable[..., T], args: tuple[Any, ...], durable: bool) -> asyncio.Future[T]:
+        if self._closed or self._thread is None:
+            raise StoreError("queue store is not open")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put((fn, args, loop, fut, durable))
+        return fut
+
+    def _reader_conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+            with self._read_lock:
+                self._read_conns.append(conn)
+        return conn
+
+    def _run_read(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        conn = self._reader_conn()
+        try:
+            return fn(conn, *args)
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                self._rollback(conn)
+            raise _map_error(exc) from exc
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed or self._readers is None:
+            raise StoreError("queue store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._readers, self._run_read, fn, args)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._thread is not None:
+            return
+        ready: ThreadFuture[None] = ThreadFuture()
+        thread = threading.Thread(
+            target=self._writer_main, args=(ready,), name="zonerelay-store-writer", daemon=True
+        )
+        thread.start()
+        await asyncio.wrap_future(ready)
+        self._thread = thread
+        self._readers = ThreadPoolExecutor(self._n_readers, thread_name_prefix="zonerelay-store-read")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(None)  # after every write already queued
+            await asyncio.to_thread(self._thread.join)
+        if self._readers is not None:
+            await asyncio.to_thread(self._readers.shutdown, True)
+        with self._read_lock:
+            for conn in self._read_conns:
+                conn.close()
+            self._read_conns.clear()
+
+    # -- ingest ---------------------------------------------------------------------------
+    async def new_body(self, message_id: str) -> BodyWriter:
+        if self._closed or self._thread is None:
+            raise StoreError("queue store is not open")
+        return _SqliteBodyWriter(self, message_id)
+
+    async def commit_message(self, message: NewMessage) -> None:
+        recipients = _json(list(message.recipients))
+        meta = _json(message.meta)
+        await self._submit(_op_commit, (message, recipients, meta), True)
+
+    # -- delivery -------------------------------------------------------------------------
+    def _claim_statement(self, zones: int) -> str:
+        sql = self._claim_sql.get(zones)
+        if sql is not None:
+            return sql
+        # INDEXED BY pins the plan: without ANALYZE statistics the planner picks deliveries_status
+        # (status = ?) and sorts every pending row, which is not flat with 100 000 deferred rows.
+        due = f"{_PENDING_SQL} AND next_attempt <= :now AND (lease_until IS NULL OR lease_until < :now)"
+        if zones == 0:
+            pick = (
+                f"SELECT rowid FROM deliveries INDEXED BY deliveries_due WHERE {due}"
+                " ORDER BY next_attempt LIMIT :limit"
+            )
+        else:
+            # one ordered index range per zone, each stopping after :limit rows, then merged
+            parts = " UNION ALL ".join(
+                "SELECT * FROM (SELECT rowid AS r, next_attempt AS n"
+                f" FROM deliveries INDEXED BY deliveries_zone_due WHERE zone = :z{i} AND {due}"
+                " ORDER BY next_attempt LIMIT :limit)"
+                for i in range(zones)
+            )
+            pick = f"SELECT r FROM ({parts}) ORDER BY n LIMIT :limit"
+        sql = (
+            f"UPDATE deliveries SET lease_owner = :owner, lease_until = :until WHERE rowid IN ({pick})"
+            f" RETURNING {_DELIVERY_COLS}"
+        )
+        self._claim_sql[zones] = sql
+        return sql
+
+    async def claim(
+        self, owner: str, limit: int, lease_seconds: float, now: float, zones: frozenset[str] | None = None
+    ) -> list[Delivery]:
+        if limit <= 0 or (zones is not None and not zones):
+            return []
+        params: dict[str, Any] = {"owner": owner, "until": now + lease_seconds, "now": now, "limit": limit}
+        if zones is None:
+            sql = self._claim_statement(0)
+        else:
+            sql = self._claim_statement(len(zones))
+            for i, zone in enumerate(sorted(zones)):
+                params[f"z{i}"] = zone
+        return await self._submit(_op_claim, (sql, params), False)
+
+    async def renew_leases(
+        self, owner: str, keys: list[tuple[str, str]], lease_seconds: float, now: float
+    ) -> int:
+        if not keys:
+            return 0
+        until = now + lease_seconds
+        return await self._submit(_op_renew, ([(until, k[0], k[1], owner) for k in keys],), False)
+
+    async def release(self, owner: str, keys: list[tuple[str, str]] | None = None) -> int:
+        if keys is not None and not keys:
+            return 0
+        return await self._submit(_op_release, (owner, None if keys is None else list(keys)), False)
+
+    async def record_outcome(self, key: tuple[str, str], owner: str, outcome: Outcome) -> bool:
+        if not outcome.status.is_final and outcome.next_attempt is None:
+            raise ValueError("a non-final outcome needs next_attempt")
+        details = _json(outcome.details)
+        return await self._submit(_op_outcome, (key[0], key[1], owner, outcome, details), True)
+
+    async def read_body(self, message_id: str) -> AsyncIterator[bytes]:
+        idx = 0
+        while True:
+            rows = await self._read(_read_chunks, message_id, idx)
+            for i, data in rows:
+                if i != idx:
+                    raise StoreError(f"body of {message_id} is missing chunk {idx}")
+                idx += 1
+                yield data
+            if len(rows) < _READ_CHUNKS:
+                return
+
+    # -- inspection -----------------------------------------------------------------------
+    async def get_message(self, message_id: str) -> StoredMessage | None:
+        return await self._read(_read_message, message_id)
+
+    async def get_deliveries(self, message_id: str) -> list[Delivery]:
+        return await self._read(_read_deliveries, message_id)
+
+    async def get_events(self, message_id: str) -> list[Event]:
+        return await self._read(_read_events, message_id)
+
+    async def list_deliveries(
+        self,
+        statuses: tuple[DeliveryStatus, ...] | None = None,
+        zone: str | None = None,
+        limit: int = 1000,
+    ) -> list[Delivery]:
+        where: list[str] = []
+        params: list[Any] = []
+        if statuses is not None:
+            if not statuses:
+                return []
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params.extend(s.value for s in statuses)
+        if zone is not None:
+            where.append("zone = ?")
+            params.append(zone)
+        sql = f"SELECT {_DELIVERY_COLS} FROM deliveries"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created, rowid LIMIT ?"
+        params.append(limit)
+        return await self._read(_read_list, sql, tuple(params))
+
+    async def stats(self) -> QueueStats:
+        return await self._read(_read_stats, time.time())
+
+    async def next_due(self) -> float | None:
+        return await self._read(_read_next_due)
+
+    # -- housekeeping ---------------------------------------------------------------------
+    async def collect_garbage(self, now: float, retention: float, orphan_age: float) -> GcResult:
+        messages = deliveries = orphans = 0
+        more = True
+        while more:  # each step is its own short transaction; other writes go in between
+            n, more = await self._submit(_op_gc_dead_bodies, (), False)
+            messages += n
+        more = True
+        while more:
+            d, n, more = await self._submit(_op_gc_final, (now - retention,), False)
+            deliveries += d
+            messages += n
+        more = True
+        while more:
+            n, more = await self._submit(_op_gc_orphans, (now - orphan_age,), False)
+            orphans += n
+        return GcResult(deliveries=deliveries, messages=messages, orphan_bodies=orphans)
+
+
+def _resolve(items: list[_Settled]) -> None:
+    for fut, exc, result in items:
+        if fut.done():  # the waiter was cancelled; the write happened anyway
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
