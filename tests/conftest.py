@@ -1,0 +1,1 @@
+pytest_plugins = ["tests.fixtures.dns", "tests.fixtures.receivers", "tests.fixtures.relay"]
