@@ -1,0 +1,1 @@
+"""Coordination: state that must hold across worker processes and instances (limits, parking)."""
