@@ -67,7 +67,9 @@ class QueueConfig(_Strict):
     workers: int = Field(-1, ge=-1, le=256)
     claim_batch: int = Field(50, ge=1, le=10000)
     lease_seconds: float = Field(60, gt=1)
-    defer_times: list[float] = Field(default_factory=lambda: [5, 7, 8, 25, 75, 120, 240], min_length=1)
+    defer_times: list[float] = Field(
+        default_factory=lambda: [5.0, 7.0, 8.0, 25.0, 75.0, 120.0, 240.0], min_length=1
+    )
     max_queue_time: Duration = 5 * 86400
     retention: Duration = 3 * 86400
     orphan_body_age: Duration = 3600
@@ -122,6 +124,7 @@ class DeliveryConfig(_Strict):
     command_timeout: float = Field(300, gt=0)
     data_timeout: float = Field(600, gt=0)
     concurrency: int = Field(100, ge=1, le=10000)
+    destination_concurrency: int = Field(20, ge=1, le=10000)
 
 
 class ZoneConfig(_Strict):

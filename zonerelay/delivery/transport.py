@@ -1,0 +1,276 @@
+"""Deliver one message to the recipients it has at one domain, over SMTP.
+
+Resolves the domain's MX hosts, takes a pooled connection (or opens one, with opportunistic
+STARTTLS and a fallback to plain text when the handshake itself fails), streams the body
+from the store with the Received header prepended, and turns every reply into a verdict
+per recipient. Nothing here touches the store's delivery rows: the worker records verdicts.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from zonerelay.config import Config
+from zonerelay.config.model import ZoneConfig
+from zonerelay.delivery.mx import DnsPermanentError, DnsTemporaryError, MxHost, MxResolver
+from zonerelay.delivery.pool import ConnectionPool, PoolKey
+from zonerelay.smtp.client import SmtpClient, insecure_client_context
+from zonerelay.smtp.errors import SmtpClientError, TlsHandshakeError
+from zonerelay.smtp.replies import Reply
+from zonerelay.store.base import Delivery, QueueStore, StoredMessage
+
+log = logging.getLogger("zonerelay.delivery")
+
+Kind = Literal["delivered", "deferred", "bounced"]
+
+#: After a failed TLS handshake a receiver is contacted in plain text for this long.
+TLS_FAILURE_MEMORY = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What became of one recipient in one attempt."""
+
+    kind: Kind
+    response: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def verdict_for_reply(reply: Reply, details: dict[str, Any]) -> Verdict:
+    if reply.is_positive:
+        return Verdict("delivered", str(reply), details)
+    return Verdict("deferred" if reply.is_transient else "bounced", str(reply), details)
+
+
+def verdict_for_error(exc: BaseException, details: dict[str, Any]) -> Verdict:
+    transient = getattr(exc, "transient", True)
+    return Verdict("deferred" if transient else "bounced", describe(exc), details)
+
+
+def describe(exc: BaseException) -> str:
+    reply = getattr(exc, "reply", None)
+    if reply is not None:
+        return str(reply)
+    return str(exc) or type(exc).__name__
+
+
+def needs_smtputf8(message: StoredMessage, recipients: list[str]) -> bool:
+    """RFC 6531: non-ASCII local parts (or UTF-8 headers declared at submission) need SMTPUTF8."""
+    if bool(message.meta.get("smtputf8")):
+        return True
+    addresses = [message.sender, *recipients]
+    return any(not addr.rpartition("@")[0].isascii() for addr in addresses)
+
+
+def ascii_domain(address: str, domain: str) -> str:
+    """The address with its domain in A-label form (no SMTPUTF8 needed for an IDN domain alone)."""
+    local, at, _ = address.rpartition("@")
+    return f"{local}{at}{domain}" if at else address
+
+
+class Transport:
+    """Per-worker delivery machinery: resolver, connection pool, TLS memory."""
+
+    def __init__(self, config: Config, store: QueueStore) -> None:
+        self.config = config
+        self.store = store
+        self.hostname = config.effective_hostname
+        dns = config.dns
+        self.resolver = MxResolver(
+            dns.nameservers, dns.timeout, cache=dns.cache, cache_max_ttl=dns.cache_max_ttl
+        )
+        delivery = config.delivery
+        self.pool = ConnectionPool(delivery.max_messages_per_connection, delivery.idle_connection_seconds)
+        self._tls_context = insecure_client_context()
+        self._tls_failed: dict[str, float] = {}
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def deliver(
+        self, zone_name: str, domain: str, message: StoredMessage, deliveries: list[Delivery]
+    ) -> dict[tuple[str, str], Verdict]:
+        """Try to deliver ``deliveries`` (all of ``message``, all at ``domain``) once."""
+        zone = self.config.zones.get(zone_name) or self.config.zones["default"]
+        base: dict[str, Any] = {"zone": zone_name, "domain": domain}
+        try:
+            hosts = await self.resolver.resolve(domain, ignore_ipv6=zone.ignore_ipv6)
+        except DnsPermanentError as exc:
+            verdict = Verdict("bounced", f"550 {exc.status} {exc}", {**base, "stage": "dns"})
+            return {d.key: verdict for d in deliveries}
+        except DnsTemporaryError as exc:
+            verdict = Verdict("deferred", f"451 {exc.status} {exc}", {**base, "stage": "dns"})
+            return {d.key: verdict for d in deliveries}
+        return await self._send_via(hosts, zone_name, zone, message, deliveries, base)
+
+    async def _send_via(
+        self,
+        hosts: list[MxHost],
+        zone_name: str,
+        zone: ZoneConfig,
+        message: StoredMessage,
+        deliveries: list[Delivery],
+        base: dict[str, Any],
+    ) -> dict[tuple[str, str], Verdict]:
+        last_error: Verdict | None = None
+        for host in hosts:
+            for address in host.addresses:
+                details = {**base, "mx": host.hostname, "ip": address, "port": zone.port}
+                key: PoolKey = (zone_name, None, address, zone.port)
+                started = time.monotonic()
+                try:
+                    client, reused = await self._connection(key, host.hostname, address, zone.port)
+                except SmtpClientError as exc:
+                    last_error = verdict_for_error(exc, {**details, "stage": exc.stage})
+                    if not exc.transient and exc.reply is not None and exc.stage != "connect":
+                        return {d.key: last_error for d in deliveries}
+                    continue
+                details.update(self._connection_details(client, reused))
+                try:
+                    verdicts = await self._transaction(client, message, deliveries, details)
+                except SmtpClientError as exc:
+                    client.close()
+                    if reused and exc.stage == "mail" and exc.reply is None:
+                        # A pooled connection the receiver had closed: try a fresh one.
+                        try:
+                            client, reused = await self._connection(
+                                key, host.hostname, address, zone.port, fresh=True
+                            )
+                            details.update(self._connection_details(client, reused))
+                            verdicts = await self._transaction(client, message, deliveries, details)
+                        except SmtpClientError as retry_exc:
+                            client.close()
+                            exc = retry_exc
+                        else:
+                            await self._finish(key, client, started, verdicts)
+                            return verdicts
+                    last_error = verdict_for_error(exc, {**details, "stage": exc.stage})
+                    if exc.stage in ("connect", "ehlo", "mail") and exc.transient:
+                        continue  # the receiver is not taking mail now: try the next MX
+                    return {d.key: last_error for d in deliveries}
+                await self._finish(key, client, started, verdicts)
+                return verdicts
+        if last_error is None:
+            last_error = Verdict("deferred", "451 4.4.1 No MX host could be reached", base)
+        return {d.key: last_error for d in deliveries}
+
+    async def _finish(
+        self, key: PoolKey, client: SmtpClient, started: float, verdicts: dict[tuple[str, str], Verdict]
+    ) -> None:
+        duration = round(time.monotonic() - started, 4)
+        for verdict in verdicts.values():
+            verdict.details["duration"] = duration
+        await self.pool.give(key, client)
+
+    @staticmethod
+    def _connection_details(client: SmtpClient, reused: bool) -> dict[str, Any]:
+        return {
+            "local_address": client.local_address,
+            "tls": {"version": client.tls_version, "cipher": client.tls_cipher}
+            if client.tls_version
+            else None,
+            "reused": reused,
+        }
+
+    async def _connection(
+        self, key: PoolKey, mx: str, address: str, port: int, *, fresh: bool = False
+    ) -> tuple[SmtpClient, bool]:
+        if not fresh:
+            pooled = self.pool.take(key)
+            if pooled is not None:
+                return pooled, True
+        delivery = self.config.delivery
+        local_address = key[1]
+
+        async def open_connection() -> SmtpClient:
+            client = await SmtpClient.connect(
+                address,
+                port,
+                local_address=local_address,
+                helo_name=self.hostname,
+                connect_timeout=delivery.connect_timeout,
+                command_timeout=delivery.command_timeout,
+                data_timeout=delivery.data_timeout,
+            )
+            try:
+                await client.ehlo()
+            except BaseException:
+                client.close()
+                raise
+            return client
+
+        client = await open_connection()
+        failed_until = self._tls_failed.get(address, 0.0)
+        if delivery.starttls and client.capabilities.starttls and failed_until < time.monotonic():
+            try:
+                await client.starttls(self._tls_context)
+            except TlsHandshakeError as exc:
+                client.close()
+                log.warning(
+                    "TLS handshake with %s [%s] failed (%s); retrying in plain text", mx, address, exc
+                )
+                self._tls_failed[address] = time.monotonic() + TLS_FAILURE_MEMORY
+                client = await open_connection()
+        return client, False
+
+    async def _transaction(
+        self, client: SmtpClient, message: StoredMessage, deliveries: list[Delivery], details: dict[str, Any]
+    ) -> dict[tuple[str, str], Verdict]:
+        by_address: dict[str, Delivery] = {}
+        for delivery in deliveries:
+            by_address[ascii_domain(delivery.recipient, delivery.domain)] = delivery
+        recipients = list(by_address)
+        utf8 = needs_smtputf8(message, recipients)
+        if utf8 and not client.capabilities.smtputf8:
+            verdict = Verdict(
+                "bounced",
+                "553 5.6.7 The receiving server does not support SMTPUTF8, "
+                "needed for this address or message",
+                {**details, "stage": "mail"},
+            )
+            await client.rset()
+            return {d.key: verdict for d in deliveries}
+        received = self._received_header(message, deliveries)
+        size = len(received) + len(message.headers) + message.body_size
+        result = await client.send_message(
+            message.sender,
+            recipients,
+            self._body(received, message),
+            size=size,
+            body8bit=bool(message.meta.get("body8bit")),
+            smtputf8=utf8,
+        )
+        verdicts: dict[tuple[str, str], Verdict] = {}
+        for address, delivery in by_address.items():
+            rcpt_reply = result.rcpt_replies.get(address)
+            if rcpt_reply is None:  # pragma: no cover - the client answers every recipient
+                verdicts[delivery.key] = Verdict("deferred", "451 4.4.0 No reply for recipient", details)
+            elif not rcpt_reply.is_positive or result.data_reply is None:
+                verdicts[delivery.key] = verdict_for_reply(rcpt_reply, {**details, "stage": "rcpt"})
+            else:
+                verdicts[delivery.key] = verdict_for_reply(result.data_reply, {**details, "stage": "data"})
+        return verdicts
+
+    def _received_header(self, message: StoredMessage, deliveries: list[Delivery]) -> bytes:
+        meta = message.meta
+        helo = meta.get("transhost") or "unknown"
+        origin = meta.get("originhost") or "[127.0.0.1]"
+        transtype = meta.get("transtype") or "ESMTP"
+        ids = f"{message.id}.{deliveries[0].seq}" if len(deliveries) == 1 else message.id
+        rcpt = f"\r\n\tfor <{deliveries[0].recipient}>" if len(deliveries) == 1 else ""
+        date = email.utils.formatdate(localtime=False, usegmt=True)
+        line = (
+            f"Received: from {helo} ({origin})\r\n"
+            f"\tby {self.hostname} (zonerelay) with {transtype} id {ids}{rcpt};\r\n\t{date}\r\n"
+        )
+        return line.encode("utf-8", "surrogateescape")
+
+    async def _body(self, received: bytes, message: StoredMessage) -> AsyncIterator[bytes]:
+        yield received + message.headers
+        async for chunk in self.store.read_body(message.id):
+            yield chunk

@@ -1,0 +1,236 @@
+"""A delivery worker process: claim due deliveries with leases, deliver, record outcomes.
+
+Several workers (processes) run side by side; they share nothing but the store. A worker
+claims a batch of due deliveries under a lease, groups them by (zone, domain, message) so
+that one SMTP transaction carries all recipients of a message at one domain, delivers them
+concurrently (bounded per process and per destination), and records each verdict. Leases of
+deliveries in flight are renewed; on SIGTERM the worker stops claiming, lets in-flight
+deliveries finish for a while, then gives the rest back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections import defaultdict
+
+from zonerelay.config import Config
+from zonerelay.delivery.retry import RetryPolicy
+from zonerelay.delivery.transport import Transport, Verdict
+from zonerelay.logs import setup_logging
+from zonerelay.store import open_store
+from zonerelay.store.base import Delivery, DeliveryStatus, Outcome, QueueStore, StoreError
+
+log = logging.getLogger("zonerelay.delivery")
+
+#: Longest idle sleep between two looks at the queue (a new message waits at most this).
+IDLE_POLL = 0.25
+SHUTDOWN_GRACE = 20.0
+
+
+def owner_id(instance_id: str, index: int, pid: int) -> str:
+    """Lease owner name of a worker process; the supervisor derives it to release leases."""
+    return f"{instance_id}/w{index}/{pid}"
+
+
+class Worker:
+    def __init__(self, config: Config, store: QueueStore, owner: str) -> None:
+        self.config = config
+        self.store = store
+        self.owner = owner
+        self.transport = Transport(config, store)
+        queue = config.queue
+        self.retry = RetryPolicy(queue.defer_times, queue.max_queue_time)
+        self._inflight: dict[tuple[str, str], Delivery] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._destination_slots: dict[tuple[str, str], asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(config.delivery.destination_concurrency)
+        )
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._slot_freed.set()
+
+    async def run(self) -> None:
+        housekeeping = asyncio.create_task(self._housekeeping())
+        try:
+            await self._claim_loop()
+        finally:
+            housekeeping.cancel()
+            await self._drain()
+            with contextlib.suppress(asyncio.CancelledError):
+                await housekeeping
+            await self.transport.close()
+
+    async def _claim_loop(self) -> None:
+        queue = self.config.queue
+        limit = self.config.delivery.concurrency
+        while not self._stopping.is_set():
+            free = limit - len(self._inflight)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            now = time.time()
+            try:
+                claimed = await self.store.claim(
+                    self.owner, min(free, queue.claim_batch), queue.lease_seconds, now
+                )
+            except StoreError as exc:
+                log.warning("claim failed (%s); retrying", exc)
+                await self._sleep(1.0)
+                continue
+            if not claimed:
+                await self._sleep(IDLE_POLL)
+                continue
+            groups: dict[tuple[str, str, str], list[Delivery]] = defaultdict(list)
+            for delivery in claimed:
+                self._inflight[delivery.key] = delivery
+                groups[(delivery.zone, delivery.domain, delivery.id)].append(delivery)
+            per_transaction = self.config.delivery.max_recipients_per_transaction
+            for (zone, domain, _), group in groups.items():
+                for start in range(0, len(group), per_transaction):
+                    batch = group[start : start + per_transaction]
+                    task = asyncio.create_task(self._deliver(zone, domain, batch))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _deliver(self, zone: str, domain: str, batch: list[Delivery]) -> None:
+        try:
+            async with self._destination_slots[(zone, domain)]:
+                message = await self.store.get_message(batch[0].id)
+                if message is None:
+                    verdicts = {
+                        d.key: Verdict("bounced", "554 5.3.0 Message data is missing from the queue")
+                        for d in batch
+                    }
+                else:
+                    verdicts = await self.transport.deliver(zone, domain, message, batch)
+            for delivery in batch:
+                await self._record(delivery, verdicts[delivery.key])
+        except asyncio.CancelledError:
+            await self._give_back(batch)
+            raise
+        except Exception:
+            log.exception("delivery of %s to %s failed unexpectedly; deferring", batch[0].id, domain)
+            for delivery in batch:
+                if delivery.key in self._inflight:
+                    await self._record(
+                        delivery, Verdict("deferred", "451 4.3.0 Internal error during delivery")
+                    )
+        finally:
+            for delivery in batch:
+                self._inflight.pop(delivery.key, None)
+            self._slot_freed.set()
+
+    async def _give_back(self, batch: list[Delivery]) -> None:
+        keys = [d.key for d in batch if d.key in self._inflight]
+        if keys:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.release(self.owner, keys))
+
+    async def _record(self, delivery: Delivery, verdict: Verdict) -> None:
+        now = time.time()
+        details = dict(verdict.details)
+        status = DeliveryStatus(verdict.kind)
+        response = verdict.response
+        next_attempt = None
+        if status is DeliveryStatus.DEFERRED:
+            next_attempt = self.retry.next_attempt(
+                deferrals=delivery.attempts + 1, queued_at=delivery.created, now=now
+            )
+            if next_attempt is None:
+                status = DeliveryStatus.BOUNCED
+                details["expired"] = True
+                response = f"{response} (gave up after {delivery.attempts + 1} attempts)"
+        outcome = Outcome(
+            status=status, response=response, time=now, next_attempt=next_attempt, details=details
+        )
+        try:
+            await self.store.record_outcome(delivery.key, self.owner, outcome)
+        except StoreError as exc:
+            # The lease will expire and the delivery will be tried again: a duplicate at worst.
+            log.error("could not record outcome for %s.%s: %s", delivery.id, delivery.seq, exc)
+        log.info(
+            "%s id=%s seq=%s to=<%s> zone=%s mx=%s ip=%s local=%s tls=%s attempt=%d duration=%s "
+            "next=%s response=%r",
+            status.value,
+            delivery.id,
+            delivery.seq,
+            delivery.recipient,
+            delivery.zone,
+            details.get("mx"),
+            details.get("ip"),
+            details.get("local_address"),
+            (details.get("tls") or {}).get("version"),
+            delivery.attempts + 1,
+            details.get("duration"),
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(next_attempt)) if next_attempt else "-",
+            response,
+        )
+
+    async def _housekeeping(self) -> None:
+        """Renew leases of deliveries in flight and retire idle pooled connections."""
+        interval = max(1.0, self.config.queue.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            if self._inflight:
+                try:
+                    await self.store.renew_leases(
+                        self.owner, list(self._inflight), self.config.queue.lease_seconds, time.time()
+                    )
+                except StoreError as exc:
+                    log.warning("lease renewal failed: %s", exc)
+            await self.transport.pool.expire()
+
+    async def _drain(self) -> None:
+        """Let in-flight deliveries finish for a while, then cancel and release the rest."""
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=SHUTDOWN_GRACE)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.store.release(self.owner)
+
+
+async def run_worker(config: Config, index: int) -> None:
+    owner = owner_id(config.effective_instance_id, index, os.getpid())
+    store = open_store(config)
+    await store.open()
+    worker = Worker(config, store, owner)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, worker.stop)
+    log.info("delivery worker %s started", owner)
+    try:
+        await worker.run()
+    finally:
+        await store.close()
+        log.info("delivery worker %s stopped", owner)
+
+
+def main() -> None:
+    """Entry point of a worker process: config (JSON) in $ZONERELAY_CONFIG_JSON, index in argv."""
+    config = Config.model_validate(json.loads(os.environ["ZONERELAY_CONFIG_JSON"]))
+    index = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    setup_logging(config.log, process=f"worker{index}")
+    from zonerelay.runloop import run
+
+    run(run_worker(config, index))
+
+
+if __name__ == "__main__":
+    main()
