@@ -112,7 +112,10 @@ class EndOfData:
 
 @dataclass(frozen=True, slots=True)
 class DataRejected:
-    """The body ended but the core refused it and already queued ``reply``; discard what was stored."""
+    """The body ended but the core refused it and already queued ``reply``; discard what was stored.
+
+    Refusals, by rank: bare CR/LF in reject mode, over ``max_size``, undeclared 8-bit data.
+    """
 
     reply: Reply
 
@@ -150,7 +153,10 @@ class Quit:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLost:
-    """The peer closed its side (``receive_data(b"")``); a body in progress is incomplete."""
+    """The peer closed its side (``receive_data(b"")``); a body in progress is incomplete.
+
+    ``closing`` is True from here on, so an adapter loop that stops on ``closing`` ends.
+    """
 
 
 Event = (
