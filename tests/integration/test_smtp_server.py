@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-import socket
+import sqlite3
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,7 +34,7 @@ async def start_server(tmp_path: Path) -> AsyncIterator[Start]:
             "smtp": {"feeder": {"port": 0, **iface}},
         }
         config = load_config(overrides=overrides)
-        store = SqliteStore(Path(config.queue.data_dir) / "queue.db")
+        store = SqliteStore(Path(config.queue.data_dir) / "queue.db", busy_timeout=0.5)
         await store.open()
         server = SmtpInterface("feeder", config.smtp["feeder"], IngestPipeline(store, config), "relay.test")
         await server.start()
@@ -339,7 +339,22 @@ async def test_utf8_addresses_with_smtputf8(start_server: Start) -> None:
     assert delivery.domain == "xn--bcher-kva.example"
 
 
-def test_port_is_free_after_stop() -> None:
-    # sanity: the fixture binds port 0, so parallel test runs never collide
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+async def test_locked_store_answers_451_and_the_client_can_retry(start_server: Start, tmp_path: Path) -> None:
+    server, store = await start_server()
+    blocker = sqlite3.connect(tmp_path / "data" / "queue.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+
+    def send(c: smtplib.SMTP) -> tuple[int, bytes]:
+        c.ehlo("c")
+        c.mail("s@example.com")
+        c.rcpt("r@example.net")
+        return c.data(b"Subject: locked\r\n\r\nbody\r\n")
+
+    try:
+        code, text = await in_thread(server.port, send)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert code == 451 and text.startswith(b"4.3.0")
+    assert (await in_thread(server.port, send))[0] == 250
+    assert (await store.stats()).messages == 1
