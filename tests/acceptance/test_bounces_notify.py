@@ -1,0 +1,211 @@
+"""Telling the sender: DSNs delivered to the sender's MX, and durable webhooks across kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.fixtures.dns import DnsServer
+from tests.fixtures.receivers import RecordingReceiver, free_tcp_port
+from tests.fixtures.relay import Relay
+
+RelayFactory = Callable[..., Relay]
+ReceiverFactory = Callable[..., RecordingReceiver]
+
+MESSAGE = (
+    b"From: Sender <sender@example.com>\r\nTo: rcpt@example.test\r\nSubject: Quarterly report\r\n"
+    b"Message-ID: <report-1@example.com>\r\n\r\nHello\r\n"
+)
+
+
+async def test_bounced_recipients_share_one_dsn_delivered_to_the_sender(
+    relay: RelayFactory, dns_server: DnsServer, recording_receiver: ReceiverFactory
+) -> None:
+    destination = recording_receiver("127.0.0.51")
+    senders_mx = recording_receiver("127.0.0.52", port=destination.port)  # the zone's one port
+    for rcpt in ("nobody1@example.test", "nobody2@example.test"):
+        destination.respond(
+            "rcpt", f"550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown", rcpt=rcpt
+        )
+    dns_server.add_mx("example.test", "mx.example.test").add_a("mx.example.test", destination.host)
+    dns_server.add_mx("example.com", "mx.example.com").add_a("mx.example.com", senders_mx.host)
+    dns_server.start()
+    r = relay({"dns": {"nameservers": [dns_server.address], "timeout": 2},
+               "zones": {"default": {"port": destination.port}}})  # fmt: skip
+    queue_id = r.send(
+        "sender@example.com", ["ok@example.test", "nobody1@example.test", "nobody2@example.test"], MESSAGE
+    )
+    [dsn] = await senders_mx.wait_messages(1, within=20)
+    assert dsn.mail_from == "<>" and dsn.rcpt_tos == ("sender@example.com",)
+    msg = email.message_from_bytes(dsn.data, policy=email.policy.default)
+    assert msg["Auto-Submitted"] == "auto-replied"
+    assert msg.get_content_type() == "multipart/report"
+    _human, status, headers = msg.get_payload()
+    per_message, *per_recipient = status.get_payload()
+    assert per_message["Reporting-MTA"] == "dns; relay.test"
+    assert sorted(p["Final-Recipient"] for p in per_recipient) == [
+        "rfc822; nobody1@example.test", "rfc822; nobody2@example.test"]  # fmt: skip
+    assert {p["Status"] for p in per_recipient} == {"5.1.1"}
+    assert {p["Remote-MTA"] for p in per_recipient} == {"dns; mx.example.test"}
+    assert "Subject: Quarterly report" in headers.get_payload()
+    assert queue_id in per_message["X-Zonerelay-Queue-ID"]
+
+    # no DSN for a message from the null sender, and none for the DSN itself
+    r.send("", ["nobody1@example.test"], MESSAGE)
+    await asyncio.sleep(3)
+    assert len(senders_mx.messages) == 1
+
+
+class WebhookReceiver:
+    """A real HTTP server (aiohttp, in its own thread) that records POSTs and can fail or go away."""
+
+    def __init__(self, fail_first: int) -> None:
+        self.port = free_tcp_port()
+        self.fail_left = fail_first
+        self.calls: list[tuple[str, bytes, str | None]] = []  # (path, body, signature)
+        self.lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        with self.lock:
+            if self.fail_left > 0:
+                self.fail_left -= 1
+                return web.Response(status=500)
+            self.calls.append((request.path, body, request.headers.get("X-Zonerelay-Signature")))
+        return web.Response(status=204)
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/{path}", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def start(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+
+    def close(self) -> None:
+        self.stop()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def events(self) -> list[tuple[str, dict[str, Any], str | None]]:
+        with self.lock:
+            return [(path, json.loads(body), sig) for path, body, sig in self.calls]
+
+    def bodies(self) -> list[tuple[str, bytes, str | None]]:
+        with self.lock:
+            return list(self.calls)
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver(fail_first=2)
+    receiver.start()
+    yield receiver
+    receiver.close()
+
+
+def wait_until(predicate: Callable[[], bool], within: float, what: Callable[[], object]) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what())
+        time.sleep(0.1)
+
+
+async def test_webhooks_survive_failures_downtime_and_kill_9(
+    relay: RelayFactory,
+    dns_server: DnsServer,
+    recording_receiver: ReceiverFactory,
+    webhook_receiver: WebhookReceiver,
+) -> None:
+    receiver = recording_receiver("127.0.0.53")
+    receiver.respond(
+        "rcpt", "550 5.1.1 <nobody@example.test>: user does not exist", rcpt="nobody@example.test"
+    )
+    dns_server.add_mx("example.test", "mx.example.test").add_a("mx.example.test", receiver.host).start()
+    base = f"http://127.0.0.1:{webhook_receiver.port}"
+    r = relay({
+        "dns": {"nameservers": [dns_server.address], "timeout": 2},
+        "zones": {"default": {"port": receiver.port}},
+        "bounces": {"dsn": False},
+        "webhooks": {"events_url": f"{base}/events", "bounce_url": f"{base}/bounce", "secret": "s3cret"},
+    })  # fmt: skip
+    first = r.send("sender@example.com", ["ok@example.test", "nobody@example.test"], MESSAGE)
+    r.wait_status(first, {"delivered", "bounced"})
+    # the receiver goes away; more events happen; the relay is killed outright and restarted
+    webhook_receiver.stop()
+    second = r.send("sender@example.com", ["ok2@example.test", "nobody@example.test"], MESSAGE)
+    r.wait_status(second, {"delivered", "bounced"})
+    await asyncio.sleep(1)
+    r.kill9()
+    webhook_receiver.start()
+    r.start()
+    expected = {(first, "001", "delivered"), (first, "002", "bounced"),
+                (second, "001", "delivered"), (second, "002", "bounced")}  # fmt: skip
+
+    def seen() -> set[tuple[str, str, str]]:
+        return {(e["id"], e["seq"], e["event"]) for p, e, _ in webhook_receiver.events() if p == "/events"}
+
+    wait_until(lambda: expected <= seen(), 40, lambda: (seen(), r.log()[-3000:]))
+    wait_until(lambda: len({e["id"] for p, e, _ in webhook_receiver.events() if p == "/bounce"}) == 2, 20,
+               webhook_receiver.events)  # fmt: skip
+    bounces = [e for p, e, _ in webhook_receiver.events() if p == "/bounce"]
+    event = bounces[0]
+    assert set(event) == {
+        "event",
+        "event_id",
+        "id",
+        "seq",
+        "from",
+        "recipient",
+        "zone",
+        "category",
+        "action",
+        "code",
+        "status",
+        "response",
+        "mx",
+        "local_address",
+        "message_id",
+        "subject",
+        "time",
+    }
+    assert (event["event"], event["recipient"], event["category"], event["action"]) == (
+        "bounced", "nobody@example.test", "recipient", "reject")  # fmt: skip
+    assert (event["code"], event["status"], event["mx"]) == (550, "5.1.1", "mx.example.test")
+    assert (event["from"], event["subject"], event["message_id"]) == (
+        "sender@example.com", "Quarterly report", "<report-1@example.com>")  # fmt: skip
+    for _path, body, sig in webhook_receiver.bodies():
+        assert sig == hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    # in order per message: a message's events arrive in the order the store recorded them
+    for queue_id in (first, second):
+        recorded = [(e["seq"], e["status"]) for e in r.show(queue_id)["events"]]
+        arrived = [(e["seq"], e["event"]) for p, e, _ in webhook_receiver.events()
+                   if p == "/events" and e["id"] == queue_id]  # fmt: skip
+        assert list(dict.fromkeys(arrived)) == recorded  # (a repeat after kill -9 is allowed)

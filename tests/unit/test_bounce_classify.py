@@ -1,0 +1,165 @@
+"""Bounce classification: the real-reply corpus, the action table, parsing and operator rules."""
+
+from __future__ import annotations
+
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from zonerelay.bounces import Classifier, RulesError, classify, parse_reply
+from zonerelay.bounces.classify import CATEGORIES, decide_action
+
+CORPUS = Path(__file__).parent.parent / "data" / "bounce_corpus.toml"
+
+
+def load_corpus() -> list[dict[str, str]]:
+    cases: list[dict[str, str]] = tomllib.loads(CORPUS.read_text("utf-8"))["case"]
+    return cases
+
+
+def test_corpus_accuracy_meets_the_bar() -> None:
+    cases = load_corpus()
+    wrong_category = [c for c in cases if classify(c["reply"]).category != c["category"]]
+    wrong_action = [c for c in cases if classify(c["reply"]).action != c["action"]]
+    category_ok = 1 - len(wrong_category) / len(cases)
+    action_ok = 1 - len(wrong_action) / len(cases)
+    assert category_ok >= 0.95, [(c["reply"], c["category"]) for c in wrong_category]
+    assert action_ok >= 0.98, [(c["reply"], c["action"]) for c in wrong_action]
+
+
+def test_held_out_replies_the_rules_were_not_tuned_on() -> None:
+    """Measured once the rules were frozen (31/33 categories, 33/33 actions); a floor, not a target."""
+    cases: list[dict[str, str]] = tomllib.loads((CORPUS.parent / "bounce_holdout.toml").read_text())["case"]
+    category_ok = sum(classify(c["reply"]).category == c["category"] for c in cases) / len(cases)
+    action_ok = sum(classify(c["reply"]).action == c["action"] for c in cases) / len(cases)
+    assert category_ok >= 0.9 and action_ok >= 0.97, (category_ok, action_ok)
+
+
+def test_corpus_covers_the_providers_and_every_category() -> None:
+    cases = load_corpus()
+    providers = Counter(c["provider"] for c in cases)
+    for required in ("gmail", "microsoft", "yahoo", "icloud", "gmx", "web.de", "mail.ru", "yandex",
+                     "proofpoint", "mimecast", "barracuda", "spamhaus", "spamcop", "postfix", "exim",
+                     "sendmail", "exchange"):  # fmt: skip
+        assert providers[required] >= 1, required
+    assert {c["category"] for c in cases} == set(CATEGORIES)
+    for case in cases:
+        temporary = case["reply"][0] == "4" or not case["reply"][0].isdigit()
+        retried = case["category"] in {"blacklist", "rate_limit", "mailbox_full"}
+        expected = "defer" if temporary or retried else "reject"
+        assert case["action"] == expected, case
+
+
+def test_reference_example() -> None:
+    data = (
+        "552-5.7.0 This message was blocked because its content presents a potential\n"
+        "552-5.7.0 security issue. Please visit\n"
+        "552-5.7.0 http://support.google.com/mail/bin/answer.py?answer=6590 to review our\n"
+        "552 5.7.0 message content and attachment content guidelines. cp3si16622595oec.101 - gsmtp"
+    )
+    result = classify(data)
+    assert result.as_dict() == {
+        "action": "reject",
+        "category": "virus",
+        "message": "Suspicious attachment",
+        "code": 552,
+        "status": "5.7.0",
+    }
+
+
+@pytest.mark.parametrize(
+    ("category", "code", "action"),
+    [
+        ("recipient", 550, "reject"),
+        ("recipient", 450, "defer"),  # a 4xx is never final
+        ("blacklist", 554, "defer"),
+        ("rate_limit", 550, "defer"),
+        ("mailbox_full", 552, "defer"),
+        ("greylist", 451, "defer"),
+        ("spam", 550, "reject"),
+        ("virus", 554, "reject"),
+        ("auth", 550, "reject"),
+        ("policy", 554, "reject"),
+        ("size", 552, "reject"),
+        ("dns", 550, "reject"),
+        ("protocol", 500, "reject"),
+        ("transient", None, "defer"),  # no reply: connection failure
+        ("other", 554, "reject"),
+    ],
+)
+def test_action_table(category: str, code: int | None, action: str) -> None:
+    assert decide_action(category, code) == action
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "status", "text"),
+    [
+        ("550 5.1.1 No such user", 550, "5.1.1", "No such user"),
+        ("550-5.1.1 first\r\n550 5.1.1 second", 550, "5.1.1", "first second"),
+        (
+            "554-gmx.net Nemesis\n554-No SMTP service\n554 visit",
+            554,
+            None,
+            "gmx.net Nemesis No SMTP service visit",
+        ),
+        ("452-4.2.2 over quota 452-4.2.2 the recipient", 452, "4.2.2", "over quota the recipient"),
+        ("smtp;550 5.7.1 blocked", 550, "5.7.1", "blocked"),
+        ("connect: Connection refused", None, None, "connect: Connection refused"),
+        ("550 mailbox 4.2.2 unavailable", 550, None, "mailbox 4.2.2 unavailable"),  # class must agree
+    ],
+)
+def test_parse_reply(data: str, code: int | None, status: str | None, text: str) -> None:
+    reply = parse_reply(data)
+    assert (reply.code, reply.status, reply.text) == (code, status, text)
+
+
+@pytest.mark.parametrize(
+    ("data", "category"),
+    [
+        ("550 5.1.1 whatever", "recipient"),  # enhanced status fallback (RFC 3463)
+        ("552 5.2.2 whatever", "mailbox_full"),
+        ("550 5.7.1 whatever", "policy"),
+        ("451 4.3.0 whatever", "transient"),
+        ("554 whatever", "other"),
+        ("450 whatever", "transient"),
+    ],
+)
+def test_fallback_by_status_and_code(data: str, category: str) -> None:
+    assert classify(data).category == category
+
+
+def test_operator_rules_are_tried_first(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        "[[rule]]\ncategory = 'blacklist'\nmessage = 'Local appliance says IP is bad'\n"
+        "pattern = '''ACME-REP-\\d+'''\n\n"
+        "[[rule]]\ncategory = 'recipient'\nmessage = 'Gone'\ncode = '55[0-4]'\nstatus = '5\\.0\\.0'\n"
+        "pattern = 'gone away'\naction = 'reject'\n"
+    )
+    classifier = Classifier.from_file(rules)
+    result = classifier.classify("550 5.7.1 Message content rejected ACME-REP-17")
+    assert (result.category, result.action, result.message) == (
+        "blacklist", "defer", "Local appliance says IP is bad")  # fmt: skip
+    assert classifier.classify("554 5.0.0 user gone away").category == "recipient"
+    assert classifier.classify("454 4.0.0 user gone away").action == "defer"  # rules cannot make a 4xx final
+    assert classifier.classify("550 5.1.1 No such user").category == "recipient"  # shipped rules still apply
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("[[rule]]\ncategory = 'nonsense'\npattern = 'x'\n", "category must be one of"),
+        ("[[rule]]\ncategory = 'spam'\npattern = '('\n", "bad pattern"),
+        ("[[rule]]\ncategory = 'spam'\n", "needs a pattern"),
+        ("[[rule]]\ncategory = 'spam'\npattern = 'x'\ncolour = 'red'\n", "unknown key 'colour'"),
+        ("[[rule]]\ncategory = 'spam'\npattern = 'x'\naction = 'bounce'\n", "action must be"),
+    ],
+)
+def test_bad_rules_files_are_refused_with_the_rule_named(tmp_path: Path, text: str, error: str) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text(text)
+    with pytest.raises(RulesError, match="rule 1") as info:
+        Classifier.from_file(path)
+    assert error in str(info.value)

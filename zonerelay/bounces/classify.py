@@ -1,0 +1,253 @@
+"""Classify a failed delivery attempt: what went wrong (category) and what to do (action).
+
+Pure: a function of the reply (or failure) text and the rules. The rules are data
+(``rules.toml`` shipped with the package, plus the operator's ``[bounces] rules_file`` tried
+first); what no rule matches falls back to the enhanced status code (RFC 3463), then to the
+basic reply code. The action follows from the code and the category, not from the rule alone,
+so that no rule can make a 4xx final.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+Category = Literal[
+    "recipient",
+    "mailbox_full",
+    "greylist",
+    "blacklist",
+    "rate_limit",
+    "spam",
+    "virus",
+    "auth",
+    "policy",
+    "size",
+    "dns",
+    "transient",
+    "protocol",
+    "other",
+]
+Action = Literal["reject", "defer"]
+
+CATEGORIES: tuple[str, ...] = Category.__args__  # type: ignore[attr-defined]
+
+#: 5xx categories that say nothing final about the message or the recipient: retry them.
+DEFERRED_PERMANENT = frozenset({"blacklist", "rate_limit", "mailbox_full", "greylist"})
+
+# "550-5.1.1 text" / "550 5.1.1 text" / "550 text" at the start of a line, maybe after "smtp;"
+_LINE = re.compile(r"^\s*(?:smtp;\s*)?([245]\d\d)(?:[ -]|$)(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?\s?(.*)$")
+_STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+# an inline continuation "... 550-5.1.1 more text" inside one line (replies joined by a logger)
+_INLINE = re.compile(r"\s\d{3}[ -](?:[245]\.\d{1,3}\.\d{1,3}\s)?")
+
+
+class RulesError(ValueError):
+    """A rules file that cannot be used; the message names the rule."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    category: str
+    message: str
+    pattern: re.Pattern[str] | None = None
+    code: re.Pattern[str] | None = None
+    status: re.Pattern[str] | None = None
+    action: Action | None = None
+
+    def matches(self, text: str, code: int | None, status: str | None) -> bool:
+        if self.code is not None and (code is None or not self.code.fullmatch(str(code))):
+            return False
+        if self.status is not None and (status is None or not self.status.fullmatch(status)):
+            return False
+        return self.pattern is None or self.pattern.search(text) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    category: str
+    action: Action
+    message: str
+    code: int | None
+    status: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "category": self.category,
+            "message": self.message,
+            "code": self.code,
+            "status": self.status,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedReply:
+    code: int | None
+    status: str | None
+    text: str  # every line's text joined by spaces, without the code prefixes
+
+
+def parse_reply(data: str) -> ParsedReply:
+    """Split a reply (one or several lines, or a failure message) into code, status and text."""
+    code: int | None = None
+    status: str | None = None
+    parts: list[str] = []
+    for raw in data.strip().splitlines():
+        match = _LINE.match(raw)
+        if match is None:
+            parts.append(raw.strip())
+            continue
+        if code is None:
+            code = int(match.group(1))
+        if status is None and match.group(2) and match.group(2)[0] == match.group(1)[0]:
+            status = match.group(2)
+        parts.append(match.group(3).strip())
+    text = " ".join(p for p in parts if p)
+    if code is not None:
+        text = _INLINE.sub(" ", " " + text).strip()
+        if status is None:
+            found = _STATUS.search(text)
+            if found and found.group(1)[0] == str(code)[0]:
+                status = found.group(1)
+    return ParsedReply(code, status, text)
+
+
+def _compile(value: Any, where: str, name: str) -> re.Pattern[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RulesError(f"{where}: {name} must be a string")
+    try:
+        return re.compile(value, re.IGNORECASE)
+    except re.error as exc:
+        raise RulesError(f"{where}: bad {name} regular expression: {exc}") from None
+
+
+def parse_rules(data: dict[str, Any], source: str) -> tuple[Rule, ...]:
+    """Rules from a parsed TOML document (``[[rule]]`` tables)."""
+    rules = []
+    for index, item in enumerate(data.get("rule", []), start=1):
+        where = f"{source}: rule {index}"
+        if not isinstance(item, dict):
+            raise RulesError(f"{where}: expected a table")
+        unknown = set(item) - {"category", "message", "pattern", "code", "status", "action"}
+        if unknown:
+            raise RulesError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        category = item.get("category")
+        if category not in CATEGORIES:
+            raise RulesError(f"{where}: category must be one of {', '.join(CATEGORIES)}")
+        action = item.get("action")
+        if action not in (None, "reject", "defer"):
+            raise RulesError(f"{where}: action must be 'reject' or 'defer'")
+        rule = Rule(
+            category=category,
+            message=str(item.get("message") or category),
+            pattern=_compile(item.get("pattern"), where, "pattern"),
+            code=_compile(item.get("code"), where, "code"),
+            status=_compile(item.get("status"), where, "status"),
+            action=action,
+        )
+        if rule.pattern is None and rule.code is None and rule.status is None:
+            raise RulesError(f"{where}: needs a pattern, code or status")
+        rules.append(rule)
+    return tuple(rules)
+
+
+def load_rules_file(path: Path) -> tuple[Rule, ...]:
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise RulesError(f"{path}: {exc}") from None
+    return parse_rules(data, str(path))
+
+
+@lru_cache(maxsize=1)
+def builtin_rules() -> tuple[Rule, ...]:
+    text = resources.files("zonerelay.bounces").joinpath("rules.toml").read_text("utf-8")
+    return parse_rules(tomllib.loads(text), "rules.toml")
+
+
+# RFC 3463 subject.detail -> category, for replies no rule recognises
+_BY_STATUS: dict[str, str] = {
+    "1.1": "recipient", "1.2": "dns", "1.3": "recipient", "1.4": "recipient", "1.5": "recipient",
+    "1.6": "recipient", "1.7": "policy", "1.8": "dns", "1.10": "dns",
+    "2.1": "recipient", "2.2": "mailbox_full", "2.3": "size", "2.4": "other",
+    "3.4": "size",
+    "4.3": "dns", "4.4": "dns",
+    "6.7": "protocol", "6.8": "protocol", "6.9": "protocol",
+    "7.1": "policy", "7.8": "auth", "7.10": "policy", "7.11": "policy", "7.13": "recipient",
+    "7.25": "policy", "7.27": "dns", "7.28": "rate_limit",
+}  # fmt: skip
+_BY_SUBJECT = {"1": "recipient", "2": "recipient", "3": "transient", "4": "transient", "5": "protocol",
+               "6": "protocol", "7": "policy"}  # fmt: skip
+_MESSAGES = {
+    "recipient": "Unknown recipient", "mailbox_full": "Mailbox full", "greylist": "Greylisted",
+    "blacklist": "Sending IP or domain is blocklisted", "rate_limit": "Rate limited",
+    "spam": "Message judged as spam", "virus": "Suspicious attachment",
+    "auth": "Sender authentication failed", "policy": "Refused by policy", "size": "Message too large",
+    "dns": "Domain not found", "transient": "Temporary failure", "protocol": "Protocol error",
+    "other": "Delivery failed",
+}  # fmt: skip
+
+
+def _fallback(code: int | None, status: str | None) -> str:
+    if status is not None:
+        _, subject, detail = status.split(".")
+        category = _BY_STATUS.get(f"{int(subject)}.{int(detail)}") or _BY_SUBJECT.get(str(int(subject)))
+        if category is not None:
+            return category
+    if code is None or code < 500:
+        return "transient"  # no reply at all (connection failure, timeout) or a bare 4xx
+    return {552: "size", 553: "recipient"}.get(code, "other")
+
+
+def decide_action(category: str, code: int | None, rule_action: Action | None = None) -> Action:
+    """A 4xx (or no reply) is never final; some 5xx are retried anyway."""
+    if code is None or code < 500:
+        return "defer"
+    if rule_action is not None:
+        return rule_action
+    return "defer" if category in DEFERRED_PERMANENT else "reject"
+
+
+class Classifier:
+    """Operator rules first, then the shipped ones."""
+
+    def __init__(self, extra: Sequence[Rule] = ()) -> None:
+        self.rules: tuple[Rule, ...] = (*extra, *builtin_rules())
+
+    @classmethod
+    def from_file(cls, rules_file: str | Path | None) -> Classifier:
+        return cls(load_rules_file(Path(rules_file)) if rules_file else ())
+
+    def classify(self, data: str) -> Classification:
+        reply = parse_reply(data)
+        rule = _first(self.rules, reply)
+        if rule is not None:
+            category, message, rule_action = rule.category, rule.message, rule.action
+        else:
+            category = _fallback(reply.code, reply.status)
+            message, rule_action = _MESSAGES[category], None
+        action = decide_action(category, reply.code, rule_action)
+        return Classification(category, action, message, reply.code, reply.status)
+
+
+def _first(rules: Iterable[Rule], reply: ParsedReply) -> Rule | None:
+    return next((r for r in rules if r.matches(reply.text, reply.code, reply.status)), None)
+
+
+@lru_cache(maxsize=1)
+def _default() -> Classifier:
+    return Classifier()
+
+
+def classify(data: str) -> Classification:
+    """Classify with the shipped rules only (use a Classifier for operator rules)."""
+    return _default().classify(data)

@@ -1,0 +1,103 @@
+"""The worker's side of bounce handling: classify a failed verdict, act on it, plan the retry.
+
+One instance per worker process. ``decide`` turns a transport verdict into the status, next
+attempt and event details the store records: every non-2xx gets a category and an action;
+``blacklist`` parks (local IP, MX host) and retries at once from another pool address;
+``rate_limit`` pauses the destination; a deferral past the maximum queue time bounces with its
+last category.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from zonerelay import metrics
+from zonerelay.bounces.classify import Classification, Classifier
+from zonerelay.bounces.parking import Parking, next_attempt
+from zonerelay.config import Config
+from zonerelay.coord.base import Coordinator
+from zonerelay.delivery.retry import RetryPolicy
+from zonerelay.store.base import Delivery, DeliveryStatus, Outcome, QueueStore, StoreError
+from zonerelay.zones.pools import Pools
+
+log = logging.getLogger("zonerelay.bounces")
+
+
+def classification_details(c: Classification) -> dict[str, Any]:
+    """Event detail fields (``status`` is the event's own field, hence ``enhanced_status``)."""
+    return {"category": c.category, "action": c.action, "code": c.code, "enhanced_status": c.status,
+            "reason": c.message}  # fmt: skip
+
+
+class BounceHandler:
+    def __init__(self, config: Config, coordinator: Coordinator | None, pools: Pools | None = None) -> None:
+        if coordinator is None:  # tools and tests: parking local to this process
+            from zonerelay.coord.memory import MemoryCoordinator
+
+            coordinator = MemoryCoordinator()
+        bounces = config.bounces
+        self.classifier = Classifier.from_file(bounces.rules_file or None)
+        self.parking = Parking(
+            coordinator,
+            blacklist_ttl=bounces.blacklist_ttl,
+            pause=bounces.rate_limit_pause,
+            max_pause=bounces.rate_limit_max_pause,
+        )
+        self.pools = pools or Pools(config)
+
+    async def parked_sources(self, zone: str, mx: str) -> frozenset[str]:
+        """Transport hook: local addresses not to use towards ``mx`` (blocklisted there)."""
+        return await self.parking.parked_sources(mx, time.time())
+
+    async def decide(
+        self, delivery: Delivery, response: str, details: dict[str, Any], now: float, retry: RetryPolicy
+    ) -> tuple[DeliveryStatus, float | None, str]:
+        """Status, next attempt and response to record for a failed attempt; fills ``details``."""
+        c = self.classifier.classify(response)
+        details.update(classification_details(c))
+        scheduled = retry.next_attempt(deferrals=delivery.attempts + 1, queued_at=delivery.created, now=now)
+        other_source, resume_at = False, None
+        mx, local = details.get("mx"), details.get("local_address")
+        if c.action == "defer" and c.category == "blacklist" and mx and local:
+            resume_at = await self.parking.park(str(local), str(mx), response, now)
+            if self.pools.has_pool(delivery.zone):
+                parked = await self.parking.parked_sources(str(mx), now)
+                source = self.pools.choose(delivery.zone, delivery.domain, parked)
+                other_source = source is not None and source.address not in parked
+            if not other_source:
+                resume_at = await self.parking.park_ends(str(mx), now) or resume_at
+        elif c.action == "defer" and c.category == "rate_limit":
+            resume_at = await self.parking.slow_down(delivery.zone, delivery.domain, response, now)
+        plan = next_attempt(c, scheduled=scheduled, now=now, other_source=other_source, resume_at=resume_at)
+        details["retry"] = plan.reason
+        metrics.BOUNCES.labels(category=c.category, action=c.action, zone=delivery.zone).inc()
+        if plan.next_attempt is not None:
+            return DeliveryStatus.DEFERRED, plan.next_attempt, response
+        if plan.reason == "expired":
+            details["expired"] = True
+            response = f"{response} (gave up after {delivery.attempts + 1} attempts)"
+        return DeliveryStatus.BOUNCED, None, response
+
+    async def slowed_until(self, zone: str, domain: str) -> float | None:
+        return await self.parking.slowed_until(zone, domain, time.time())
+
+    async def hold(self, store: QueueStore, owner: str, batch: list[Delivery], until: float) -> None:
+        """Give deliveries to a slowed-down destination back until the pause ends (not an attempt)."""
+        now = time.time()
+        for delivery in batch:
+            outcome = Outcome(
+                status=DeliveryStatus.DEFERRED,
+                response=delivery.last_response or "destination paused after a rate-limit reply",
+                time=now,
+                next_attempt=until,
+                details={"held": "rate_limit", "zone": delivery.zone, "domain": delivery.domain},
+                counts_as_attempt=False,
+            )
+            try:
+                await store.record_outcome(delivery.key, owner, outcome)
+            except StoreError as exc:
+                log.error("could not hold %s.%s: %s", delivery.id, delivery.seq, exc)
+        log.info("held %d deliveries to %s/%s until %s (rate limited)", len(batch), batch[0].zone,
+                 batch[0].domain, time.strftime("%H:%M:%SZ", time.gmtime(until)))  # fmt: skip

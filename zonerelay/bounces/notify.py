@@ -1,0 +1,234 @@
+"""Telling the outside world, from the outbox: DSNs to senders and webhook POSTs.
+
+Workers store notices in the same transaction as an outcome (``Outcome.notices``); the
+supervisor runs ``Notifier``, which reads them back and sends them. A notice is removed only
+after it was sent (the DSN committed to the queue, the webhook answered 2xx), so a crash or
+``kill -9`` anywhere means at worst a second copy, never a lost one. Failed webhook calls are
+retried with back-off (5 s, 10 s, 20 s ... up to ``max_backoff``); a message's later events wait
+until its earlier ones are through, so each receiver sees a message's events in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import aiohttp
+
+from zonerelay import metrics
+from zonerelay.bounces.dsn import DSN_INTERFACE, FailedRecipient, build_dsn, should_send_dsn
+from zonerelay.bounces.events import DSN, WEBHOOK_BOUNCE, WEBHOOK_EVENTS
+from zonerelay.bounces.parking import PARK_PREFIX
+from zonerelay.config import Config
+from zonerelay.coord.base import CoordinationUnavailable, Coordinator
+from zonerelay.ingest.pipeline import IngestPipeline, IngestRejected, SessionInfo
+from zonerelay.store.base import OutboxEntry, QueueStore, StoredMessage, StoreError
+
+log = logging.getLogger("zonerelay.bounces")
+
+POLL = 0.25  # seconds between looks at an empty outbox
+DSN_SETTLE = 1.0  # wait this long so the recipients of one transaction share one DSN
+FIRST_RETRY = 5.0
+PARALLEL_POSTS = 8
+GAUGE_INTERVAL = 5.0
+
+
+def retry_delay(attempts: int, cap: float) -> float:
+    """Back-off after the ``attempts``-th failure (1-based): 5, 10, 20 s ... cap."""
+    return float(min(cap, FIRST_RETRY * 2 ** max(0, attempts - 1)))
+
+
+def signature(secret: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _subject(message: StoredMessage | None) -> str | None:
+    if message is None:
+        return None
+    for header in message.meta.get("headers") or []:
+        if header.get("key") == "subject":
+            return str(header.get("line", "")).partition(":")[2].strip()
+    return None
+
+
+def webhook_body(entry: OutboxEntry, message: StoredMessage | None) -> dict[str, Any]:
+    """The JSON document of one event: the stored fields plus the message's."""
+    p = entry.payload
+    return {
+        "event": p.get("event"),
+        "event_id": f"{entry.message_id}.{p.get('seq')}.{entry.oid}",
+        "id": entry.message_id,
+        "seq": p.get("seq"),
+        "from": message.sender if message is not None else p.get("from"),
+        "recipient": p.get("recipient"),
+        "zone": p.get("zone"),
+        "category": p.get("category"),
+        "action": p.get("action"),
+        "code": p.get("code"),
+        "status": p.get("status"),
+        "response": p.get("response"),
+        "mx": p.get("mx"),
+        "local_address": p.get("local_address"),
+        "message_id": message.meta.get("messageId") if message is not None else None,
+        "subject": _subject(message),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(p.get("time") or entry.created))),
+    }
+
+
+class Notifier:
+    """Supervisor task: send DSNs and webhook calls from the outbox."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: QueueStore,
+        pipeline: IngestPipeline,
+        coordinator: Coordinator | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.pipeline = pipeline
+        self.coordinator = coordinator
+        self.urls = {WEBHOOK_EVENTS: config.webhooks.events_url, WEBHOOK_BOUNCE: config.webhooks.bounce_url}
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        try:
+            await self.store.outbox_backlog()
+        except NotImplementedError:
+            log.error("this store backend has no outbox yet: no DSNs or webhooks are sent")
+            return
+        self._tasks.append(asyncio.create_task(self._loop(self._dsn_round)))
+        self._tasks.append(asyncio.create_task(self._gauges()))
+        if any(self.urls.values()):
+            timeout = aiohttp.ClientTimeout(total=self.config.webhooks.timeout)
+            self._session = aiohttp.ClientSession(timeout=timeout)
+            self._tasks.append(asyncio.create_task(self._loop(self._webhook_round)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    async def backlog(self) -> dict[str, int]:
+        return await self.store.outbox_backlog()
+
+    async def _loop(self, round_: Any) -> None:
+        while True:
+            try:
+                busy = await round_()
+            except StoreError as exc:
+                log.warning("outbox: store unavailable (%s); retrying", exc)
+                busy = False
+            except Exception:
+                log.exception("outbox round failed; retrying")
+                busy = False
+            if not busy:
+                await asyncio.sleep(POLL)
+
+    async def _gauges(self) -> None:
+        """Outbox backlog and parked pairs as gauges (this process is the only one setting them)."""
+        seen: set[str] = set()
+        while True:
+            with contextlib.suppress(StoreError, CoordinationUnavailable):
+                backlog = await self.store.outbox_backlog()
+                for kind in seen | set(backlog):
+                    metrics.OUTBOX_BACKLOG.labels(kind=kind).set(backlog.get(kind, 0))
+                seen |= set(backlog)
+                if self.coordinator is not None:
+                    parked = await self.coordinator.parked(time.time(), PARK_PREFIX)
+                    metrics.BLACKLISTED.set(len(parked))
+            await asyncio.sleep(GAUGE_INTERVAL)
+
+    # -- DSNs -----------------------------------------------------------------------------
+
+    async def _dsn_round(self) -> bool:
+        entries = await self.store.outbox_due((DSN,), time.time() - DSN_SETTLE, 200, ordered=False)
+        groups: dict[str, list[OutboxEntry]] = defaultdict(list)
+        for entry in entries:
+            groups[entry.message_id].append(entry)
+        for message_id, group in groups.items():
+            try:
+                await self._send_dsn(message_id, group)
+            except IngestRejected as exc:  # retrying cannot help; StoreError propagates (retry)
+                log.error("dsn about %s refused by ingest: %s; not sent", message_id, exc)
+            await self.store.outbox_done([e.oid for e in group])
+        return bool(entries)
+
+    async def _send_dsn(self, message_id: str, group: list[OutboxEntry]) -> None:
+        message = await self.store.get_message(message_id)
+        if (
+            message is None
+            or not self.config.bounces.dsn
+            or not should_send_dsn(message.sender, message.meta)
+        ):
+            return
+        hostname = self.config.effective_hostname
+        data = build_dsn(
+            reporting_mta=hostname,
+            dsn_from=self.config.bounces.dsn_from or f"MAILER-DAEMON@{hostname}",
+            sender=message.sender,
+            queue_id=message_id,
+            arrival=message.created,
+            original_headers=message.headers,
+            failed=[FailedRecipient.from_payload(e.payload) for e in group],
+            zone=self.config.bounces.zone,
+            now=time.time(),
+        )
+        session = SessionInfo(interface=DSN_INTERFACE, origin="127.0.0.1", originhost="[127.0.0.1]",
+                              transhost=hostname, transtype="ESMTP")  # fmt: skip
+        eight_bit = not data.isascii()
+        submission = self.pipeline.begin(session, "", [message.sender], body8bit=eight_bit,
+                                         smtputf8=not message.sender.isascii())  # fmt: skip
+        await submission.feed(data)
+        dsn_id = await submission.finish()
+        log.info("dsn id=%s about %s to=<%s> recipients=%d", dsn_id, message_id, message.sender, len(group))
+
+    # -- webhooks -------------------------------------------------------------------------
+
+    async def _webhook_round(self) -> bool:
+        kinds = tuple(k for k, url in self.urls.items() if url)
+        entries = await self.store.outbox_due(kinds, time.time(), 100)
+        if not entries:
+            return False
+        gate = asyncio.Semaphore(PARALLEL_POSTS)
+
+        async def one(entry: OutboxEntry) -> None:
+            async with gate:
+                await self._post(entry)
+
+        await asyncio.gather(*(one(e) for e in entries))
+        return True
+
+    async def _post(self, entry: OutboxEntry) -> None:
+        assert self._session is not None
+        message = await self.store.get_message(entry.message_id)
+        body = json.dumps(webhook_body(entry, message), separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.config.webhooks.secret:
+            headers["X-Zonerelay-Signature"] = signature(self.config.webhooks.secret, body)
+        error: str | None = None
+        try:
+            async with self._session.post(self.urls[entry.kind], data=body, headers=headers) as response:
+                if not 200 <= response.status < 300:
+                    error = f"HTTP {response.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        if error is None:
+            await self.store.outbox_done([entry.oid])
+            return
+        delay = retry_delay(entry.attempts + 1, self.config.webhooks.max_backoff)
+        log.warning("webhook %s for %s.%s failed (%s); retry in %.0fs", entry.kind, entry.message_id,
+                    entry.payload.get("seq"), error, delay)  # fmt: skip
+        with contextlib.suppress(StoreError):
+            await self.store.outbox_retry(entry.oid, time.time() + delay, error)
