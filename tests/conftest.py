@@ -1,1 +1,6 @@
-pytest_plugins = ["tests.fixtures.dns", "tests.fixtures.receivers", "tests.fixtures.relay"]
+pytest_plugins = [
+    "tests.fixtures.dns",
+    "tests.fixtures.receivers",
+    "tests.fixtures.relay",
+    "tests.fixtures.services",
+]

@@ -17,7 +17,7 @@ from zonerelay.config import Config, ConfigError, load_config
 from zonerelay.config.render import to_toml
 from zonerelay.logs import setup_logging
 from zonerelay.store import open_store
-from zonerelay.store.base import Delivery, DeliveryStatus, QueueStore
+from zonerelay.store.base import Delivery, DeliveryStatus, QueueStore, StoreError
 
 
 def _iso(ts: float | None) -> str | None:
@@ -44,7 +44,11 @@ def delivery_json(d: Delivery) -> dict[str, Any]:
 def _with_store(config: Config, action: Callable[[QueueStore], Coroutine[Any, Any, int]]) -> int:
     async def run() -> int:
         store = open_store(config)
-        await store.open()
+        try:
+            await store.open()
+        except StoreError as exc:
+            print(f"zonerelay: cannot open the queue store: {exc}", file=sys.stderr)
+            return 1
         try:
             return await action(store)
         finally:
@@ -54,11 +58,29 @@ def _with_store(config: Config, action: Callable[[QueueStore], Coroutine[Any, An
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    from zonerelay.api.multiproc import prepare
+
+    prepare(config.queue.data_dir)  # before anything imports prometheus_client (zonerelay.metrics)
     from zonerelay.runloop import run
     from zonerelay.service import serve
 
     setup_logging(config.log)
-    run(serve(config))
+    try:
+        run(serve(config))
+    except StoreError as exc:  # e.g. an unknown schema: the message says to migrate
+        print(f"zonerelay: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_store_migrate(config: Config, args: argparse.Namespace) -> int:
+    from zonerelay.store.migrate import migrate
+
+    try:
+        print(asyncio.run(migrate(config)))
+    except StoreError as exc:
+        print(f"zonerelay: migration failed: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -115,6 +137,9 @@ def cmd_queue_show(config: Config, args: argparse.Namespace) -> int:
         )
         meta = message.meta
         print(f"  queued {_iso(message.created)} via {meta.get('interface')} from {meta.get('origin')}")
+        planned = meta.get("dkimSignatures") or []
+        signatures = [f"{x['domain']}/{x['selector']} ({x['algorithm']})" for x in planned]
+        print(f"  dkim signatures: {', '.join(signatures) or 'none'}")
         for d in deliveries:
             line = f"  {d.seq} <{d.recipient}> {d.status.value} zone={d.zone} attempts={d.attempts}"
             if d.status is DeliveryStatus.DEFERRED:
@@ -123,7 +148,8 @@ def cmd_queue_show(config: Config, args: argparse.Namespace) -> int:
             if d.last_response:
                 print(f"      last response: {d.last_response}")
         for e in events:
-            print(f"  {_iso(e.time)} {e.seq} {e.status}: {e.response}")
+            category = f" [{e.details['category']}]" if e.details.get("category") else ""
+            print(f"  {_iso(e.time)} {e.seq} {e.status}{category}: {e.response}")
         return 0
 
     return _with_store(config, action)
@@ -132,6 +158,9 @@ def cmd_queue_show(config: Config, args: argparse.Namespace) -> int:
 def cmd_queue_stats(config: Config, args: argparse.Namespace) -> int:
     async def action(store: QueueStore) -> int:
         stats = await store.stats()
+        from zonerelay.cluster import cluster_state
+
+        instances = await cluster_state(config, store)
         data = {
             "queued": stats.queued,
             "deferred": stats.deferred,
@@ -140,6 +169,7 @@ def cmd_queue_stats(config: Config, args: argparse.Namespace) -> int:
             "messages": stats.messages,
             "leased": stats.leased,
             "zones": stats.by_zone,
+            "instances": instances,
         }
         if args.json:
             print(json.dumps(data, indent=2))
@@ -148,9 +178,56 @@ def cmd_queue_stats(config: Config, args: argparse.Namespace) -> int:
                 print(f"{key:10} {data[key]}")
             for zone, counts in stats.by_zone.items():
                 print(f"zone {zone}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+            for inst in instances:
+                seen = "never" if inst["last_seen"] is None else f"{inst['age']:.1f}s ago"
+                state, leases = inst["state"], inst["leases"]
+                print(f"instance {inst['id']}: {state}, last heartbeat {seen}, leases {leases}")
         return 0
 
     return _with_store(config, action)
+
+
+def cmd_dkim_keygen(config: Config, args: argparse.Namespace) -> int:
+    from zonerelay.dkim.commands import keygen, zone_file_line
+
+    try:
+        path, name, value = keygen(args.domain, args.selector, args.algorithm, args.bits, args.keys_dir)
+    except (OSError, ValueError) as exc:
+        print(f"zonerelay: cannot write the key: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"name": name, "value": value, "path": str(path)}))
+    else:
+        print(f"# private key written to {path} (mode 0600)\n# publish this DNS record:")
+        print(zone_file_line(name, value))
+    return 0
+
+
+def cmd_dkim_check(config: Config, args: argparse.Namespace) -> int:
+    from zonerelay.dkim.commands import check_keys
+
+    results = asyncio.run(check_keys(config))
+    if args.json:
+        rows = [{"domain": r.key.domain, "selector": r.key.selector, "algorithm": r.key.algorithm,
+                 "name": r.name, "status": r.status, "detail": r.detail} for r in results]  # fmt: skip
+        print(json.dumps({"keys": rows}, indent=2))
+    for r in results if not args.json else []:
+        print(f"{r.status:8} {r.name} ({r.key.algorithm}, {r.key.path}): {r.detail}")
+    if not results:
+        print("no DKIM keys are configured", file=sys.stderr)
+    return 0 if all(r.status == "ok" for r in results) else 1
+
+
+def cmd_check_bounce(config: Config, args: argparse.Namespace) -> int:
+    from zonerelay.bounces.commands import check_bounce
+
+    return check_bounce(config, args.json)
+
+
+def cmd_queue_blacklist(config: Config, args: argparse.Namespace) -> int:
+    from zonerelay.bounces.commands import queue_blacklist
+
+    return queue_blacklist(config, args.json, args.clear)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,6 +262,33 @@ def build_parser() -> argparse.ArgumentParser:
     stats = with_config(queue_sub.add_parser("stats", help="queue counters"))
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_queue_stats)
+    qblack = with_config(queue_sub.add_parser("blacklist", help="parked (local IP, MX host) pairs"))
+    qblack.add_argument("--json", action="store_true")
+    qblack.add_argument("--clear", metavar="KEY", help='unpark one pair (its key) or "all"')
+    qblack.set_defaults(func=cmd_queue_blacklist)
+
+    store = sub.add_parser("store", help="the queue store")
+    store_sub = store.add_subparsers(dest="store_command", required=True)
+    migrate = with_config(store_sub.add_parser("migrate", help="create or upgrade the store's schema"))
+    migrate.set_defaults(func=cmd_store_migrate)
+
+    bounce = with_config(sub.add_parser("check-bounce", help="classify an SMTP reply read from stdin"))
+    bounce.add_argument("--json", action="store_true")
+    bounce.set_defaults(func=cmd_check_bounce)
+
+    dkim = sub.add_parser("dkim", help="DKIM keys")
+    dkim_sub = dkim.add_subparsers(dest="dkim_command", required=True)
+    keygen = with_config(dkim_sub.add_parser("keygen", help="make a key and print its DNS record"))
+    keygen.add_argument("domain")
+    keygen.add_argument("selector")
+    keygen.add_argument("--algorithm", choices=["rsa", "ed25519"], default="rsa")
+    keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
+    keygen.add_argument("--keys-dir", help="write DIR/DOMAIN/SELECTOR.pem (the keys_dir layout)")
+    keygen.add_argument("--json", action="store_true")
+    keygen.set_defaults(func=cmd_dkim_keygen)
+    dcheck = with_config(dkim_sub.add_parser("check", help="check each key's DNS record"))
+    dcheck.add_argument("--json", action="store_true")
+    dcheck.set_defaults(func=cmd_dkim_check)
     return parser
 
 

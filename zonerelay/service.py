@@ -18,7 +18,12 @@ import signal
 import sys
 import time
 
+from zonerelay import metrics
+from zonerelay.api.server import ApiServer
+from zonerelay.bounces.notify import Notifier
+from zonerelay.cluster import ClusterMember
 from zonerelay.config import Config
+from zonerelay.coord import CoordinationUnavailable, open_coordinator
 from zonerelay.delivery.worker import owner_id
 from zonerelay.ingest.pipeline import IngestPipeline
 from zonerelay.smtp.server import SmtpInterface
@@ -56,6 +61,7 @@ class WorkerProcess:
             assert self.proc is not None
             started = time.monotonic()
             code = await self.proc.wait()
+            metrics.process_exited(self.proc.pid)
             owner = owner_id(self.config.effective_instance_id, self.index, self.proc.pid)
             try:
                 released = await self.store.release(owner)
@@ -106,17 +112,29 @@ class Relay:
             if iface.enabled
         ]
         self.workers = [WorkerProcess(i, config, self.store) for i in range(config.effective_workers)]
+        # heartbeats of this instance, and the sweep of dead instances' leases (cluster.py)
+        self.coordinator = open_coordinator(config, processes=1)
+        self.cluster = ClusterMember(config, self.store, self.coordinator, {"workers": len(self.workers)})
+        self.notifier = Notifier(config, self.store, self.pipeline, self.coordinator)  # DSNs, webhooks
+        self.api = ApiServer(self.pipeline) if config.api.enabled else None
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
         await self.store.open()
+        await self.coordinator.open()
+        with contextlib.suppress(CoordinationUnavailable):
+            await self.cluster.beat()  # known as live before its workers take leases
         for iface in self.interfaces:
             await iface.start()
+        if self.api is not None:
+            await self.api.start()
         for worker in self.workers:
             await worker.start()
             self._tasks.append(asyncio.create_task(worker.supervise()))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        self._tasks.append(asyncio.create_task(self.cluster.run()))
+        await self.notifier.start()
         log.info(
             "zonerelay started: instance %s, %d delivery workers, store %s",
             self.config.effective_instance_id,
@@ -132,11 +150,15 @@ class Relay:
 
     async def stop(self) -> None:
         log.info("shutting down")
+        if self.api is not None:
+            await self.api.stop()
         await asyncio.gather(*(iface.stop() for iface in self.interfaces))
         await asyncio.gather(*(worker.stop() for worker in self.workers))
+        await self.notifier.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.coordinator.close()
         await self.store.close()
         log.info("stopped")
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ from zonerelay.store.base import (
     MessageExists,
     NewDelivery,
     NewMessage,
+    Notice,
     Outcome,
     QueueStore,
     StoreError,
@@ -413,6 +415,17 @@ class StoreContract:
     async def test_outcome_for_unknown_delivery(self, store: QueueStore) -> None:
         assert await store.record_outcome((new_queue_id(), "001"), "w1", delivered(T0)) is False
 
+    async def test_lease_holders(self, store: QueueStore) -> None:
+        for _ in range(5):
+            await put_message(store)
+        assert await store.lease_holders(T0) == {}
+        await store.claim("a/w0/11", 2, LEASE, T0)
+        await store.claim("b/w1/12", 2, 10, T0)
+        assert await store.lease_holders(T0 + 1) == {"a/w0/11": 2, "b/w1/12": 2}
+        assert await store.lease_holders(T0 + 11) == {"a/w0/11": 2}  # b's leases expired
+        assert await store.release("a/w0/11") == 2
+        assert await store.lease_holders(T0 + 1) == {"b/w1/12": 2}
+
     # -- inspection ---------------------------------------------------------------------
     async def test_stats(self, store: QueueStore) -> None:
         empty = await store.stats()
@@ -571,6 +584,114 @@ class StoreContract:
         assert await store.get_message(msgs[0].id) is None
         assert (await store.stats()).messages == 1
         assert b"".join(await read_all(store, keep.id)) == b"keep\r\n"
+
+    # -- operator actions: retry now, drop --------------------------------------------------
+    async def test_retry_now_makes_deferred_and_delayed_rows_due(self, store: QueueStore) -> None:
+        msg = await put_message(store, rcpts=("a@x.example", "b@y.example"))
+        later = await put_message(store, not_before=T0 + 7200)
+        other = await put_message(store)
+        held = await store.claim("w1", 10, LEASE, T0)
+        for d in held:
+            outcome = deferred(T0 + 1, T0 + 3600) if d.id == msg.id else delivered(T0 + 1)
+            assert await store.record_outcome(d.key, "w1", outcome)
+        assert await store.claim("w2", 10, LEASE, T0 + 2) == []
+        with pytest.raises(ValueError):
+            await store.retry_now(T0 + 2)
+        assert await store.retry_now(T0 + 2, message_id=msg.id, domain="Y.EXAMPLE") == 1
+        assert [d.key for d in await store.claim("w2", 10, LEASE, T0 + 2)] == [(msg.id, "002")]
+        await store.release("w2")
+        assert await store.retry_now(T0 + 3, zone="default") == 2  # 001 and the delayed one
+        due = {d.key for d in await store.claim("w3", 10, LEASE, T0 + 3)}
+        assert due == {(msg.id, "001"), (msg.id, "002"), (later.id, "001")}
+        assert await store.retry_now(T0 + 4, message_id=msg.id) == 0  # leased rows are left alone
+        assert await store.retry_now(T0 + 4, message_id=other.id) == 0  # claimed and done already
+        assert await store.retry_now(T0 + 4, message_id=new_queue_id()) == 0
+
+    async def test_drop_removes_pending_rows_and_frees_the_body(self, store: QueueStore) -> None:
+        msg = await put_message(store, rcpts=("a@x.example", "b@y.example", "c@y.example"), body=b"drop\r\n")
+        keep = await put_message(store, rcpts=("d@y.example",), zones=("other",))
+        (first,) = await store.claim("w1", 1, LEASE, T0)
+        assert first.key == (msg.id, "001")
+        assert await store.record_outcome(first.key, "w1", delivered(T0 + 1))
+        with pytest.raises(ValueError):
+            await store.drop_deliveries(T0 + 2)
+        assert await store.drop_deliveries(T0 + 2, message_id=msg.id, domain="y.example") == 2
+        assert [(d.seq, d.status) for d in await store.get_deliveries(msg.id)] == [("001", DELIVERED)]
+        events = await store.get_events(msg.id)
+        assert sorted((e.seq, e.status) for e in events) == [("001", "delivered"), ("002", "dropped"),
+                                                             ("003", "dropped")]  # fmt: skip
+        with pytest.raises(BodyGone):
+            await read_all(store, msg.id)
+        assert [d.id for d in await store.claim("w2", 10, LEASE, T0 + 3)] == [keep.id]
+        # a worker holding a lease on a dropped row finds it gone
+        assert await store.drop_deliveries(T0 + 4, zone="other") == 1
+        assert not await store.record_outcome((keep.id, "001"), "w2", delivered(T0 + 5))
+        await store.collect_garbage(T0 + 6, retention=3600, orphan_age=3600)
+        assert await store.get_message(keep.id) is None  # no delivery row left: gone entirely
+        assert await store.get_message(msg.id) is not None  # 001 stays for the retention window
+        stats = await store.stats()
+        assert (stats.queued, stats.deferred, stats.delivered, stats.bounced) == (0, 0, 1, 0)
+
+    # -- suppression list -------------------------------------------------------------------
+    async def test_suppression_entries(self, store: QueueStore) -> None:
+        assert await store.list_suppressions() == []
+        assert await store.is_suppressed(["a@x.example"]) == set()
+        one = await store.add_suppression(address="Blocked@X.example")
+        two = await store.add_suppression(domain="Suppressed.example")
+        assert (one.address, one.domain, two.address, two.domain) == (
+            "blocked@x.example", None, None, "suppressed.example"
+        )
+        assert one.id and two.id and one.id != two.id
+        assert await store.add_suppression(address="blocked@x.example") == one  # idempotent
+        assert await store.list_suppressions() == [one, two]
+        with pytest.raises(ValueError):
+            await store.add_suppression(address="a@x.example", domain="x.example")
+        with pytest.raises(ValueError):
+            await store.add_suppression()
+        rcpts = ["BLOCKED@x.example", "ok@x.example", "any@suppressed.EXAMPLE", "x@sub.suppressed.example"]
+        assert await store.is_suppressed(rcpts) == {"BLOCKED@x.example", "any@suppressed.EXAMPLE"}
+        assert await store.delete_suppression(one.id)
+        assert not await store.delete_suppression(one.id)
+        assert await store.list_suppressions() == [two]
+        assert await store.is_suppressed(rcpts) == {"any@suppressed.EXAMPLE"}
+
+    async def test_suppression_lookup_of_many_recipients(self, store: QueueStore) -> None:
+        for i in range(0, 3000, 7):
+            await store.add_suppression(address=f"u{i}@x.example")
+        rcpts = [f"u{i}@x.example" for i in range(3000)]
+        assert await store.is_suppressed(rcpts) == {f"u{i}@x.example" for i in range(0, 3000, 7)}
+
+    # -- outbox (notifications written with outcomes) -------------------------------------
+    async def test_outbox_is_written_with_the_outcome_and_kept_in_order(self, store: QueueStore) -> None:
+        a = await put_message(store, rcpts=("x@example.com", "y@example.com"))
+        b = await put_message(store)
+        claimed = {d.key: d for d in await store.claim("w1", 10, 60, T0)}
+        dx, dy, db = claimed[(a.id, "001")], claimed[(a.id, "002")], claimed[(b.id, "001")]
+        hook = Notice("webhook", {"event": "bounced"})
+        with_dsn = replace(bounced(T0 + 1), notices=(hook, Notice("dsn", {})))
+        assert await store.record_outcome(dx.key, "w1", with_dsn)
+        assert await store.record_outcome(dy.key, "w1", replace(deferred(T0 + 2, T0 + 9), notices=(hook,)))
+        assert await store.record_outcome(db.key, "w1", replace(delivered(T0 + 3), notices=(hook,)))
+        # an outcome that does not apply stores no notice
+        assert not await store.record_outcome(dx.key, "w1", replace(delivered(T0 + 4), notices=(hook,)))
+        assert await store.outbox_backlog() == {"webhook": 3, "dsn": 1}
+        due = await store.outbox_due(("webhook",), T0 + 10)
+        # one entry per message at a time: a's second waits until its first is done
+        assert [(e.message_id, e.payload) for e in due] == [(a.id, hook.payload), (b.id, hook.payload)]
+        assert due[0].oid < due[1].oid and due[0].attempts == 0
+        await store.outbox_retry(due[0].oid, T0 + 100, "HTTP 500")
+        assert [e.message_id for e in await store.outbox_due(("webhook",), T0 + 10)] == [b.id]
+        [retried, *_] = await store.outbox_due(("webhook",), T0 + 100)
+        assert (retried.oid, retried.attempts, retried.last_error) == (due[0].oid, 1, "HTTP 500")
+        await store.outbox_done([due[0].oid, due[1].oid])
+        [second] = await store.outbox_due(("webhook",), T0 + 100)
+        assert second.message_id == a.id and second.oid > due[0].oid
+        [dsn] = await store.outbox_due(("dsn",), T0 + 100)
+        assert dsn.message_id == a.id
+        assert len(await store.outbox_due(("webhook", "dsn"), T0 + 100, ordered=False)) == 2
+        await store.outbox_done([second.oid, dsn.oid])
+        assert await store.outbox_backlog() == {}
+        assert await store.outbox_due(("webhook", "dsn"), T0 + 1000) == []
 
     # -- ids ----------------------------------------------------------------------------
     async def test_queue_ids(self) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,10 +20,13 @@ from zonerelay.config import Config
 from zonerelay.config.model import ZoneConfig
 from zonerelay.delivery.mx import DnsPermanentError, DnsTemporaryError, MxHost, MxResolver
 from zonerelay.delivery.pool import ConnectionPool, PoolKey
+from zonerelay.dkim.policy import DkimPolicy
 from zonerelay.smtp.client import SmtpClient, insecure_client_context
 from zonerelay.smtp.errors import SmtpClientError, TlsHandshakeError
 from zonerelay.smtp.replies import Reply
 from zonerelay.store.base import Delivery, QueueStore, StoredMessage
+from zonerelay.zones.limits import Destination, Limits, destination
+from zonerelay.zones.pools import Pools, Source
 
 log = logging.getLogger("zonerelay.delivery")
 
@@ -76,21 +80,34 @@ def ascii_domain(address: str, domain: str) -> str:
 class Transport:
     """Per-worker delivery machinery: resolver, connection pool, TLS memory."""
 
-    def __init__(self, config: Config, store: QueueStore) -> None:
+    def __init__(self, config: Config, store: QueueStore, limits: Limits | None = None) -> None:
         self.config = config
         self.store = store
         self.hostname = config.effective_hostname
+        if limits is None:  # process-local limits (tools and tests); workers pass shared ones
+            from zonerelay.coord.memory import MemoryCoordinator
+
+            limits = Limits(config, MemoryCoordinator(), "local")
+        self.limits = limits
+        self.pools = Pools(config)
+        #: Set by the worker (bounces/): local addresses parked (blocklisted) towards an MX host.
+        self.parked_sources: Callable[[str, str], Awaitable[frozenset[str]]] | None = None
         dns = config.dns
         self.resolver = MxResolver(
             dns.nameservers, dns.timeout, cache=dns.cache, cache_max_ttl=dns.cache_max_ttl
         )
         delivery = config.delivery
-        self.pool = ConnectionPool(delivery.max_messages_per_connection, delivery.idle_connection_seconds)
+        self.pool = ConnectionPool(
+            delivery.max_messages_per_connection, delivery.idle_connection_seconds, self.limits.discard
+        )
+        self.limits.evict_idle = self.pool.evict  # when another process wants our idle slots
         self._tls_context = insecure_client_context()
         self._tls_failed: dict[str, float] = {}
+        self.dkim = DkimPolicy(config.dkim)
 
     async def close(self) -> None:
         await self.pool.close()
+        await self.limits.close()
 
     async def deliver(
         self, zone_name: str, domain: str, message: StoredMessage, deliveries: list[Delivery]
@@ -106,7 +123,9 @@ class Transport:
         except DnsTemporaryError as exc:
             verdict = Verdict("deferred", f"451 {exc.status} {exc}", {**base, "stage": "dns"})
             return {d.key: verdict for d in deliveries}
-        return await self._send_via(hosts, zone_name, zone, message, deliveries, base)
+        dest = destination(self.config, zone_name, domain, [h.hostname for h in hosts])
+        await self.limits.take_rate(dest)  # waits; holds no connection meanwhile
+        return await self._send_via(hosts, zone_name, zone, message, deliveries, base, dest)
 
     async def _send_via(
         self,
@@ -116,15 +135,31 @@ class Transport:
         message: StoredMessage,
         deliveries: list[Delivery],
         base: dict[str, Any],
+        dest: Destination,
     ) -> dict[tuple[str, str], Verdict]:
         last_error: Verdict | None = None
         for host in hosts:
             for address in host.addresses:
                 details = {**base, "mx": host.hostname, "ip": address, "port": zone.port}
-                key: PoolKey = (zone_name, None, address, zone.port)
+                version = 6 if ":" in address else 4
+                parked = await self.parked_sources(zone_name, host.hostname) if self.parked_sources else ()
+                source = self.pools.choose(zone_name, dest.domain, parked, version=version)
+                if source is None:
+                    last_error = Verdict(
+                        "deferred",
+                        f"451 4.4.0 Zone {zone_name} has no usable IPv{version} source address "
+                        f"for {dest.domain}",
+                        {**details, "stage": "connect"},
+                    )
+                    continue
+                if source.address:  # known even when the connection fails (blocklist parking)
+                    details["local_address"] = source.address
+                key: PoolKey = (zone_name, source.address, address, zone.port, dest.group)
                 started = time.monotonic()
                 try:
-                    client, reused = await self._connection(key, host.hostname, address, zone.port)
+                    client, reused = await self._connection(
+                        key, host.hostname, address, zone.port, source=source, dest=dest
+                    )
                 except SmtpClientError as exc:
                     last_error = verdict_for_error(exc, {**details, "stage": exc.stage})
                     if not exc.transient and exc.reply is not None and exc.stage != "connect":
@@ -135,16 +170,18 @@ class Transport:
                     verdicts = await self._transaction(client, message, deliveries, details)
                 except SmtpClientError as exc:
                     client.close()
+                    self.limits.discard(client)
                     if reused and exc.stage == "mail" and exc.reply is None:
                         # A pooled connection the receiver had closed: try a fresh one.
                         try:
                             client, reused = await self._connection(
-                                key, host.hostname, address, zone.port, fresh=True
+                                key, host.hostname, address, zone.port, source=source, dest=dest, fresh=True
                             )
                             details.update(self._connection_details(client, reused))
                             verdicts = await self._transaction(client, message, deliveries, details)
                         except SmtpClientError as retry_exc:
                             client.close()
+                            self.limits.discard(client)
                             exc = retry_exc
                         else:
                             await self._finish(key, client, started, verdicts)
@@ -178,21 +215,49 @@ class Transport:
         }
 
     async def _connection(
-        self, key: PoolKey, mx: str, address: str, port: int, *, fresh: bool = False
+        self,
+        key: PoolKey,
+        mx: str,
+        address: str,
+        port: int,
+        *,
+        source: Source,
+        dest: Destination,
+        fresh: bool = False,
     ) -> tuple[SmtpClient, bool]:
-        if not fresh:
-            pooled = self.pool.take(key)
-            if pooled is not None:
-                return pooled, True
+        # A new connection needs its slots (zone and destination caps) first. While they are
+        # taken: reuse a pooled connection as soon as one is free, else close idle pooled
+        # connections of ours (to other hosts) that hold the contested slot, else wait.
+        delay = 0.05
+        while True:
+            if not fresh:
+                pooled = self.pool.take(key)
+                if pooled is not None:
+                    return pooled, True
+            grant, blocked = await self.limits.try_acquire(dest)
+            if grant is not None:
+                break
+            if not await self.pool.evict(self.limits.holding(str(blocked))):
+                await self.limits.want(str(blocked))  # other processes may free an idle one
+                await self.pool.wait_returned(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 1.0)
+        try:
+            client = await self._open(mx, address, port, source)
+        except BaseException:
+            await self.limits.release_grant(grant)
+            raise
+        self.limits.attach(client, grant)
+        return client, False
+
+    async def _open(self, mx: str, address: str, port: int, source: Source) -> SmtpClient:
         delivery = self.config.delivery
-        local_address = key[1]
 
         async def open_connection() -> SmtpClient:
             client = await SmtpClient.connect(
                 address,
                 port,
-                local_address=local_address,
-                helo_name=self.hostname,
+                local_address=source.address,
+                helo_name=source.name,
                 connect_timeout=delivery.connect_timeout,
                 command_timeout=delivery.command_timeout,
                 data_timeout=delivery.data_timeout,
@@ -216,11 +281,12 @@ class Transport:
                 )
                 self._tls_failed[address] = time.monotonic() + TLS_FAILURE_MEMORY
                 client = await open_connection()
-        return client, False
+        return client
 
     async def _transaction(
         self, client: SmtpClient, message: StoredMessage, deliveries: list[Delivery], details: dict[str, Any]
     ) -> dict[tuple[str, str], Verdict]:
+        await self.limits.pace(client, str(details.get("zone", "default")))  # zone throttling
         by_address: dict[str, Delivery] = {}
         for delivery in deliveries:
             by_address[ascii_domain(delivery.recipient, delivery.domain)] = delivery
@@ -236,6 +302,8 @@ class Transport:
             await client.rset()
             return {d.key: verdict for d in deliveries}
         received = self._received_header(message, deliveries)
+        # DKIM-Signature fields go below our Received and above the headers they sign.
+        received += self.dkim.signatures(message.id, message.headers, message.meta)
         size = len(received) + len(message.headers) + message.body_size
         result = await client.send_message(
             message.sender,

@@ -20,12 +20,17 @@ import sys
 import time
 from collections import defaultdict
 
+from zonerelay import metrics
+from zonerelay.bounces.events import notices_for
+from zonerelay.bounces.handler import BounceHandler
 from zonerelay.config import Config
+from zonerelay.coord import Coordinator, open_coordinator
 from zonerelay.delivery.retry import RetryPolicy
 from zonerelay.delivery.transport import Transport, Verdict
 from zonerelay.logs import setup_logging
 from zonerelay.store import open_store
-from zonerelay.store.base import Delivery, DeliveryStatus, Outcome, QueueStore, StoreError
+from zonerelay.store.base import Delivery, DeliveryStatus, Outcome, QueueStore, StoreError, StoreUnavailable
+from zonerelay.zones.limits import Limits
 
 log = logging.getLogger("zonerelay.delivery")
 
@@ -40,11 +45,17 @@ def owner_id(instance_id: str, index: int, pid: int) -> str:
 
 
 class Worker:
-    def __init__(self, config: Config, store: QueueStore, owner: str) -> None:
+    def __init__(
+        self, config: Config, store: QueueStore, owner: str, coordinator: Coordinator | None = None
+    ) -> None:
         self.config = config
         self.store = store
         self.owner = owner
-        self.transport = Transport(config, store)
+        # Zone connection caps and rates go through the shared coordinator (all processes).
+        limits = Limits(config, coordinator, owner) if coordinator is not None else None
+        self.transport = Transport(config, store, limits)
+        self.bounces = BounceHandler(config, coordinator, self.transport.pools)
+        self.transport.parked_sources = self.bounces.parked_sources  # skip blocklisted source IPs
         queue = config.queue
         self.retry = RetryPolicy(queue.defer_times, queue.max_queue_time)
         self._inflight: dict[tuple[str, str], Delivery] = {}
@@ -110,6 +121,10 @@ class Worker:
     async def _deliver(self, zone: str, domain: str, batch: list[Delivery]) -> None:
         try:
             async with self._destination_slots[(zone, domain)]:
+                paused = await self.bounces.slowed_until(zone, domain)  # it said "too fast"
+                if paused is not None:
+                    await self.bounces.hold(self.store, self.owner, batch, paused)
+                    return
                 message = await self.store.get_message(batch[0].id)
                 if message is None:
                     verdicts = {
@@ -147,19 +162,17 @@ class Worker:
         status = DeliveryStatus(verdict.kind)
         response = verdict.response
         next_attempt = None
-        if status is DeliveryStatus.DEFERRED:
-            next_attempt = self.retry.next_attempt(
-                deferrals=delivery.attempts + 1, queued_at=delivery.created, now=now
+        if status is not DeliveryStatus.DELIVERED:  # classify, act on it, plan the retry (bounces/)
+            status, next_attempt, response = await self.bounces.decide(
+                delivery, response, details, now, self.retry
             )
-            if next_attempt is None:
-                status = DeliveryStatus.BOUNCED
-                details["expired"] = True
-                response = f"{response} (gave up after {delivery.attempts + 1} attempts)"
         outcome = Outcome(
-            status=status, response=response, time=now, next_attempt=next_attempt, details=details
-        )
+            status=status, response=response, time=now, next_attempt=next_attempt, details=details,
+            notices=notices_for(self.config, delivery, status, response, details, now),  # webhooks, DSN
+        )  # fmt: skip
         try:
             await self.store.record_outcome(delivery.key, self.owner, outcome)
+            metrics.DELIVERY_STATUS.labels(result=metrics.result(status.value), zone=delivery.zone).inc()
         except StoreError as exc:
             # The lease will expire and the delivery will be tried again: a duplicate at worst.
             log.error("could not record outcome for %s.%s: %s", delivery.id, delivery.seq, exc)
@@ -209,8 +222,16 @@ class Worker:
 async def run_worker(config: Config, index: int) -> None:
     owner = owner_id(config.effective_instance_id, index, os.getpid())
     store = open_store(config)
-    await store.open()
-    worker = Worker(config, store, owner)
+    while True:  # a shared store may be down right now: wait for it rather than crash-loop
+        try:
+            await store.open()
+            break
+        except StoreUnavailable as exc:
+            log.warning("queue store unavailable (%s); worker %s waits for it", exc, owner)
+            await asyncio.sleep(2.0)
+    coordinator = open_coordinator(config)
+    await coordinator.open()
+    worker = Worker(config, store, owner, coordinator)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.stop)
@@ -218,13 +239,16 @@ async def run_worker(config: Config, index: int) -> None:
     try:
         await worker.run()
     finally:
+        await coordinator.close()
         await store.close()
         log.info("delivery worker %s stopped", owner)
 
 
 def main() -> None:
     """Entry point of a worker process: config (JSON) in $ZONERELAY_CONFIG_JSON, index in argv."""
-    config = Config.model_validate(json.loads(os.environ["ZONERELAY_CONFIG_JSON"]))
+    config = Config.model_validate(
+        json.loads(os.environ["ZONERELAY_CONFIG_JSON"]), context={"dkim_keys_checked": True}
+    )
     index = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     setup_logging(config.log, process=f"worker{index}")
     from zonerelay.runloop import run

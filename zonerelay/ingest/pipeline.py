@@ -21,7 +21,9 @@ from typing import Any
 
 import idna
 
+from zonerelay import metrics
 from zonerelay.config import Config
+from zonerelay.dkim.policy import DkimPolicy
 from zonerelay.ingest.dkim_hash import BodyHasher
 from zonerelay.ingest.headers import (
     Headers,
@@ -34,7 +36,7 @@ from zonerelay.ingest.headers import (
 from zonerelay.smtp.replies import Reply
 from zonerelay.store.base import BodyWriter, NewDelivery, NewMessage, QueueStore
 from zonerelay.store.ids import new_queue_id, seq
-from zonerelay.zones.routing import Router
+from zonerelay.zones.routing import SENDING_ZONE_HEADER, Router, UnknownZone
 
 log = logging.getLogger("zonerelay.ingest")
 
@@ -108,6 +110,7 @@ class Submission:
         self._body_size = 0
         self._rejected: Reply | None = None
         self._closed = False
+        self.suppressed: set[str] = set()
 
     @property
     def rejected(self) -> Reply | None:
@@ -143,6 +146,7 @@ class Submission:
 
     async def _reject(self, reply: Reply) -> None:
         self._rejected = reply
+        metrics.MESSAGE_DROP.inc()
         await self.abort()
 
     async def finish(self) -> str:
@@ -157,12 +161,15 @@ class Submission:
         if tail:
             await self._take_body(tail)
         try:
+            # suppression stage: suppressed recipients get no delivery row and no bounce
+            self.suppressed = await self._pipeline.store.is_suppressed(self.recipients)
             message = self._build()
             if self._buffer and self._writer is None:
                 self._writer = await self._pipeline.store.new_body(self.id)
             await self._flush()
             await self._pipeline.store.commit_message(message)
         except BaseException:
+            metrics.MESSAGE_DROP.inc()
             await self.abort()
             raise
         self._closed = True
@@ -174,9 +181,15 @@ class Submission:
         headers = Headers.parse(self._splitter.header_block)
         added = ensure_required(headers, hostname=config.effective_hostname, now=self.received)
         router = self._pipeline.router
-        zone_for = router.route(headers=headers, sender=self.sender, interface=self.session.interface)
+        try:
+            zone_for = router.route(headers=headers, sender=self.sender, interface=self.session.interface)
+        except UnknownZone as exc:
+            raise IngestRejected(exc.reply) from None
+        headers.remove(SENDING_ZONE_HEADER)  # an instruction to us, never passed on
         deliveries = []
         for n, rcpt in enumerate(self.recipients, start=1):
+            if rcpt in self.suppressed:
+                continue  # seq keeps the recipient's position; suppressed ones leave gaps
             domain = recipient_domain(rcpt)
             deliveries.append(NewDelivery(seq=seq(n), recipient=rcpt, domain=domain, zone=zone_for(domain)))
         digests = self._hasher.digests()
@@ -203,6 +216,7 @@ class Submission:
             "date": headers.get("date"),
             "parsedEnvelope": parsed_envelope(headers),
             "bodySize": self._body_size,
+            "suppressed": [r for r in self.recipients if r in self.suppressed],
             # What delivery must ask the receiver for: SMTPUTF8 only when something non-ASCII
             # really is in the envelope or the headers, 8BITMIME when the client declared it.
             "smtputf8": self.smtputf8
@@ -216,6 +230,7 @@ class Submission:
         not_before = delivery_time(headers, self.received)
         if not_before > self.received:
             meta["deliverAfter"] = int(not_before * 1000)
+        meta["dkimSignatures"] = self._pipeline.dkim.plan(meta)  # made at send time
         meta["created"] = int(time.time() * 1000)
         return NewMessage(
             id=self.id,
@@ -252,6 +267,7 @@ class IngestPipeline:
         self.router = router or Router(config)
         self.max_header_size = 1024 * 1024
         self.accepted = 0
+        self.dkim = DkimPolicy(config.dkim)
 
     def begin(
         self,
@@ -266,6 +282,11 @@ class IngestPipeline:
 
     def on_committed(self, submission: Submission, message: NewMessage) -> None:
         self.accepted += 1
+        # each suppressed recipient counts as a drop; every one suppressed: accepted, nothing queued
+        if message.deliveries:
+            metrics.MESSAGE_PUSH.inc()
+        if submission.suppressed:
+            metrics.MESSAGE_DROP.inc(len(submission.suppressed))
         log.info(
             "queued id=%s from=<%s> rcpts=%d size=%d interface=%s origin=%s",
             message.id,

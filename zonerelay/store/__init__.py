@@ -58,4 +58,10 @@ def open_store(config: Config) -> QueueStore:
         from zonerelay.store.sqlite import SqliteStore
 
         return SqliteStore(config.queue.data_dir / "queue.db")
+    if backend == "postgres":
+        from zonerelay.store.postgres import PostgresStore
+
+        return PostgresStore(
+            config.store.dsn, pool_size=config.store.pool_size, connect_timeout=config.store.connect_timeout
+        )
     raise ValueError(f"unknown store backend {backend!r}")

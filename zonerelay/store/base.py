@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +130,32 @@ class Outcome:
     next_attempt: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
     counts_as_attempt: bool = True  # False for "released without trying" (e.g. shutdown)
+    # Notifications (webhook calls, DSNs) stored in the same transaction as the new state
+    # (a transactional outbox), so a crash can neither lose them nor send them for nothing.
+    notices: tuple[Notice, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something to tell the outside world about an outcome; ``kind`` names the sender task
+    ("webhook", "dsn"), ``payload`` is JSON-serialisable."""
+
+    kind: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A stored Notice waiting to be sent; ``oid`` grows in commit order."""
+
+    oid: int
+    kind: str
+    message_id: str
+    payload: dict[str, Any]
+    created: float
+    attempts: int
+    next_try: float
+    last_error: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +184,15 @@ class GcResult:
     deliveries: int  # final rows past retention removed
     messages: int  # messages with no delivery row left removed (with their bodies)
     orphan_bodies: int  # bodies of submissions that never committed, removed
+
+
+@dataclass(frozen=True, slots=True)
+class SuppressionEntry:
+    """A suppressed recipient address or a whole recipient domain (exactly one is set)."""
+
+    id: str
+    address: str | None = None
+    domain: str | None = None
 
 
 class BodyWriter(abc.ABC):
@@ -256,9 +291,77 @@ class QueueStore(abc.ABC):
     async def next_due(self) -> float | None:
         """The earliest next_attempt among pending deliveries (for sleeping until then)."""
 
+    @abc.abstractmethod
+    async def lease_holders(self, now: float) -> dict[str, int]:
+        """Live leases (``lease_until >= now``) per owner: what each worker and instance holds,
+        and what a dead instance left behind for the survivors to release."""
+
     # -- housekeeping -------------------------------------------------------------------
     @abc.abstractmethod
     async def collect_garbage(self, now: float, retention: float, orphan_age: float) -> GcResult:
         """Remove final deliveries whose last change is older than ``retention``; messages
         with no delivery row left; body chunks of messages with no pending delivery; and
         uncommitted bodies untouched for ``orphan_age`` seconds."""
+
+    # -- outbox (notifications written with outcomes; zonerelay/bounces/) ---------------------
+    async def outbox_due(
+        self, kinds: tuple[str, ...], now: float, limit: int = 100, *, ordered: bool = True
+    ) -> list[OutboxEntry]:
+        """Entries of ``kinds`` due at ``now``, oldest first. ``ordered``: leave out any entry of
+        a message that has an older entry of the same kind still waiting (in order per message)."""
+        raise NotImplementedError
+
+    async def outbox_done(self, oids: list[int]) -> None:
+        """Remove sent entries."""
+        raise NotImplementedError
+
+    async def outbox_retry(self, oid: int, next_try: float, error: str) -> None:
+        """Count a failed send and set when to try again."""
+        raise NotImplementedError
+
+    async def outbox_backlog(self) -> dict[str, int]:
+        """Entries waiting, by kind."""
+        raise NotImplementedError
+
+    # -- operator actions (HTTP API) -------------------------------------------------------
+    @abc.abstractmethod
+    async def retry_now(
+        self, now: float, *, message_id: str | None = None, zone: str | None = None, domain: str | None = None
+    ) -> int:
+        """Make pending deliveries that match every given selector due at ``now`` (a deferred
+        or delayed row is tried on the next claim); rows leased right now are left alone.
+        At least one selector is required (ValueError). Returns the number of rows changed."""
+
+    @abc.abstractmethod
+    async def drop_deliveries(
+        self, now: float, *, message_id: str | None = None, zone: str | None = None, domain: str | None = None
+    ) -> int:
+        """Remove the pending deliveries that match every given selector, leased or not.
+
+        Dropped rows are deleted (not turned into bounces: nothing is sent, nobody is notified);
+        an event with status "dropped" records each one. A message left without pending rows
+        has its body marked dead exactly as after its last final outcome, so garbage collection
+        removes the chunks and, once no delivery row is left, the message. A worker still
+        holding a lease on a dropped row finds it gone (``record_outcome`` returns False).
+        At least one selector is required (ValueError). Returns the number of rows dropped."""
+
+    # -- suppression list -------------------------------------------------------------------
+    @abc.abstractmethod
+    async def add_suppression(
+        self, *, address: str | None = None, domain: str | None = None
+    ) -> SuppressionEntry:
+        """Suppress one address or one domain (exactly one; compared case-insensitively, stored
+        lower-case). Adding an existing entry returns it unchanged."""
+
+    @abc.abstractmethod
+    async def list_suppressions(self, limit: int = 10000) -> list[SuppressionEntry]:
+        """Entries in the order they were added."""
+
+    @abc.abstractmethod
+    async def delete_suppression(self, entry_id: str) -> bool:
+        """Remove one entry; False if there was none with this id."""
+
+    @abc.abstractmethod
+    async def is_suppressed(self, recipients: Iterable[str]) -> set[str]:
+        """The recipients (as given) whose address or domain is suppressed. Called once per
+        message at ingest, so one indexed lookup, not a scan of the list."""

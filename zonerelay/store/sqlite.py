@@ -52,6 +52,7 @@ import asyncio
 import contextlib
 import json
 import queue
+import secrets
 import sqlite3
 import threading
 import time
@@ -70,12 +71,14 @@ from zonerelay.store.base import (
     GcResult,
     MessageExists,
     NewMessage,
+    OutboxEntry,
     Outcome,
     QueueStats,
     QueueStore,
     StoredMessage,
     StoreError,
     StoreUnavailable,
+    SuppressionEntry,
 )
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
@@ -170,6 +173,33 @@ _SCHEMA = (
     )""",
     "CREATE INDEX events_id ON events(id)",
 )
+
+# Added after schema version 1 shipped: created on every open (IF NOT EXISTS), so older
+# files gain it without a version bump. UNIQUE(kind, value) is also the ingest lookup index.
+_SCHEMA_SUPPRESSION = """CREATE TABLE IF NOT EXISTS suppression (
+        id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,                 -- 'address' or 'domain'
+        value TEXT NOT NULL,                -- lower-case
+        created REAL NOT NULL,
+        UNIQUE (kind, value)
+    )"""
+# Notifications written in the same transaction as an outcome (zonerelay/bounces/); also
+# created on every open. AUTOINCREMENT: oids never reused, so they order and identify events.
+_SCHEMA_OUTBOX = (
+    """CREATE TABLE IF NOT EXISTS outbox (
+        oid INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        payload TEXT NOT NULL,              -- JSON object
+        created REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_try REAL NOT NULL,
+        last_error TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS outbox_message ON outbox(kind, message_id, oid)",
+)
+_SUPPRESSION_LOOKUP_BATCH = 400  # recipients per lookup statement (2 parameters each)
+_EMPTY_SUPPRESSION_TTL = 1.0  # seconds; another process adding the first entry waits this long
 
 _UNAVAILABLE_CODES = frozenset(
     {
@@ -326,6 +356,12 @@ def _op_outcome(conn: sqlite3.Connection, mid: str, seq: str, owner: str, o: Out
         "INSERT INTO events (id, seq, time, status, response, details) VALUES (?, ?, ?, ?, ?, ?)",
         (mid, seq, o.time, status, o.response, details),
     )
+    if o.notices:  # the outbox: same transaction as the new state
+        conn.executemany(
+            "INSERT INTO outbox (kind, message_id, payload, created, attempts, next_try)"
+            " VALUES (?, ?, ?, ?, 0, ?)",
+            [(n.kind, mid, _json(n.payload), o.time, o.time) for n in o.notices],
+        )
     if (
         final
         and conn.execute(f"SELECT 1 FROM deliveries WHERE id = ? AND {_PENDING_SQL}", (mid,)).fetchone()
@@ -336,6 +372,37 @@ def _op_outcome(conn: sqlite3.Connection, mid: str, seq: str, owner: str, o: Out
             (mid,),
         )
     return True
+
+
+def _read_outbox_due(
+    conn: sqlite3.Connection, kinds: tuple[str, ...], now: float, limit: int, ordered: bool
+) -> list[OutboxEntry]:
+    marks = ", ".join("?" * len(kinds))
+    first = (
+        " AND NOT EXISTS (SELECT 1 FROM outbox p"
+        " WHERE p.kind = o.kind AND p.message_id = o.message_id AND p.oid < o.oid)"
+    )
+    sql = (
+        "SELECT oid, kind, message_id, payload, created, attempts, next_try, last_error FROM outbox o"
+        f" WHERE kind IN ({marks}) AND next_try <= ?{first if ordered else ''} ORDER BY oid LIMIT ?"
+    )
+    rows = conn.execute(sql, (*kinds, now, limit)).fetchall()
+    return [OutboxEntry(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+
+
+def _op_outbox_done(conn: sqlite3.Connection, oids: list[int]) -> None:
+    conn.executemany("DELETE FROM outbox WHERE oid = ?", [(oid,) for oid in oids])
+
+
+def _op_outbox_retry(conn: sqlite3.Connection, oid: int, next_try: float, error: str) -> None:
+    conn.execute(
+        "UPDATE outbox SET attempts = attempts + 1, next_try = ?, last_error = ? WHERE oid = ?",
+        (next_try, error[:1000], oid),
+    )
+
+
+def _read_outbox_backlog(conn: sqlite3.Connection) -> dict[str, int]:
+    return {k: n for k, n in conn.execute("SELECT kind, count(*) FROM outbox GROUP BY kind")}
 
 
 def _delete_chunks(conn: sqlite3.Connection, mid: str, budget: int) -> tuple[int, bool]:
@@ -410,6 +477,95 @@ def _op_gc_orphans(conn: sqlite3.Connection, cutoff: float) -> tuple[int, bool]:
     return removed, len(ids) == _GC_MESSAGE_BATCH
 
 
+# -- operator actions and the suppression list ---------------------------------------------
+
+
+def _selector(message_id: str | None, zone: str | None, domain: str | None) -> tuple[str, list[Any]]:
+    where, params = [], []
+    for column, value in (("id", message_id), ("zone", zone), ("domain", domain)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value.lower() if column == "domain" else value)
+    if not where:
+        raise ValueError("select deliveries by message id, zone or domain")
+    return " AND ".join(where), params
+
+
+def _op_retry_now(conn: sqlite3.Connection, where: str, params: list[Any], now: float) -> int:
+    sql = (
+        f"UPDATE deliveries SET next_attempt = ?, updated = ? WHERE {_PENDING_SQL} AND next_attempt > ?"
+        f" AND (lease_until IS NULL OR lease_until < ?) AND {where}"
+    )
+    return conn.execute(sql, (now, now, now, now, *params)).rowcount
+
+
+def _op_drop(conn: sqlite3.Connection, where: str, params: list[Any], now: float) -> int:
+    rows = conn.execute(f"DELETE FROM deliveries WHERE {_PENDING_SQL} AND {where} RETURNING id, seq", params)
+    dropped = rows.fetchall()
+    conn.executemany(
+        "INSERT INTO events (id, seq, time, status, response, details) VALUES (?, ?, ?, 'dropped', ?, '{}')",
+        [(mid, seq, now, "Dropped by the operator") for mid, seq in dropped],
+    )
+    for mid in {mid for mid, _ in dropped}:
+        pending = conn.execute(f"SELECT 1 FROM deliveries WHERE id = ? AND {_PENDING_SQL}", (mid,))
+        if pending.fetchone() is None:
+            conn.execute(
+                f"UPDATE messages SET body_state = {_BODY_DEAD} WHERE id = ? AND body_state = {_BODY_LIVE}",
+                (mid,),
+            )
+    return len(dropped)
+
+
+def _entry(row: tuple[Any, ...]) -> SuppressionEntry:
+    if row[1] == "address":
+        return SuppressionEntry(row[0], address=row[2])
+    return SuppressionEntry(row[0], domain=row[2])
+
+
+def _op_add_suppression(conn: sqlite3.Connection, kind: str, value: str, now: float) -> SuppressionEntry:
+    conn.execute(
+        "INSERT INTO suppression (id, kind, value, created) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (kind, value) DO NOTHING",
+        (secrets.token_hex(12), kind, value, now),
+    )
+    row = conn.execute("SELECT id, kind, value FROM suppression WHERE kind = ? AND value = ?", (kind, value))
+    return _entry(row.fetchone())
+
+
+def _op_delete_suppression(conn: sqlite3.Connection, entry_id: str) -> bool:
+    return conn.execute("DELETE FROM suppression WHERE id = ?", (entry_id,)).rowcount > 0
+
+
+def _read_suppressions(conn: sqlite3.Connection, limit: int) -> list[SuppressionEntry]:
+    sql = "SELECT id, kind, value FROM suppression ORDER BY created, rowid LIMIT ?"
+    return [_entry(r) for r in conn.execute(sql, (limit,))]
+
+
+def _read_suppressed(conn: sqlite3.Connection, recipients: list[str]) -> tuple[set[str], bool]:
+    """(the suppressed recipients, whether the list is empty)."""
+    if conn.execute("SELECT 1 FROM suppression LIMIT 1").fetchone() is None:
+        return set(), True
+    hits: set[tuple[str, str]] = set()
+    for start in range(0, len(recipients), _SUPPRESSION_LOOKUP_BATCH):
+        batch = recipients[start : start + _SUPPRESSION_LOOKUP_BATCH]
+        addresses = sorted({r.lower() for r in batch})
+        domains = sorted({r.rpartition("@")[2].lower() for r in batch})
+        sql = (
+            "SELECT kind, value FROM suppression"
+            f" WHERE (kind = 'address' AND value IN ({', '.join('?' * len(addresses))}))"
+            f" OR (kind = 'domain' AND value IN ({', '.join('?' * len(domains))}))"
+        )
+        hits.update(conn.execute(sql, (*addresses, *domains)).fetchall())
+    if not hits:
+        return set(), False
+    found = {
+        r
+        for r in recipients
+        if ("address", r.lower()) in hits or ("domain", r.rpartition("@")[2].lower()) in hits
+    }
+    return found, False
+
+
 # -- read operations: run on a reader thread ------------------------------------------------
 
 
@@ -460,6 +616,14 @@ def _read_stats(conn: sqlite3.Connection, now: float) -> QueueStats:
         leased=leased,
         by_zone=by_zone,
     )
+
+
+def _read_lease_holders(conn: sqlite3.Connection, now: float) -> dict[str, int]:
+    sql = (
+        "SELECT lease_owner, count(*) FROM deliveries INDEXED BY deliveries_lease"
+        " WHERE lease_owner IS NOT NULL AND lease_until >= ? GROUP BY lease_owner"
+    )
+    return {owner: n for owner, n in conn.execute(sql, (now,))}
 
 
 def _read_next_due(conn: sqlite3.Connection) -> float | None:
@@ -544,6 +708,9 @@ class SqliteStore(QueueStore):
         self._read_lock = threading.Lock()
         self._closed = False
         self._claim_sql: dict[int, str] = {}
+        # An empty suppression list (the usual case) is believed for a second without asking:
+        # saves a reader round trip per ingested message. Changes made through this store reset it.
+        self._suppression_empty_until = 0.0
 
     # -- plumbing -------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -577,6 +744,9 @@ class SqliteStore(QueueStore):
                     raise StoreError(
                         f"{self.path}: schema version {version}, this code knows {SCHEMA_VERSION}"
                     )
+                conn.execute(_SCHEMA_SUPPRESSION)
+                for statement in _SCHEMA_OUTBOX:
+                    conn.execute(statement)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -883,6 +1053,27 @@ class SqliteStore(QueueStore):
     async def next_due(self) -> float | None:
         return await self._read(_read_next_due)
 
+    async def lease_holders(self, now: float) -> dict[str, int]:
+        return await self._read(_read_lease_holders, now)
+
+    # -- outbox -------------------------------------------------------------------------
+    async def outbox_due(
+        self, kinds: tuple[str, ...], now: float, limit: int = 100, *, ordered: bool = True
+    ) -> list[OutboxEntry]:
+        if not kinds or limit <= 0:
+            return []
+        return await self._read(_read_outbox_due, kinds, now, limit, ordered)
+
+    async def outbox_done(self, oids: list[int]) -> None:
+        if oids:
+            await self._submit(_op_outbox_done, (list(oids),), True)
+
+    async def outbox_retry(self, oid: int, next_try: float, error: str) -> None:
+        await self._submit(_op_outbox_retry, (oid, next_try, error), False)
+
+    async def outbox_backlog(self) -> dict[str, int]:
+        return await self._read(_read_outbox_backlog)
+
     # -- housekeeping ---------------------------------------------------------------------
     async def collect_garbage(self, now: float, retention: float, orphan_age: float) -> GcResult:
         messages = deliveries = orphans = 0
@@ -900,6 +1091,48 @@ class SqliteStore(QueueStore):
             n, more = await self._submit(_op_gc_orphans, (now - orphan_age,), False)
             orphans += n
         return GcResult(deliveries=deliveries, messages=messages, orphan_bodies=orphans)
+
+    # -- operator actions and the suppression list ------------------------------------------
+    async def retry_now(
+        self, now: float, *, message_id: str | None = None, zone: str | None = None, domain: str | None = None
+    ) -> int:
+        where, params = _selector(message_id, zone, domain)
+        return await self._submit(_op_retry_now, (where, params, now), False)
+
+    async def drop_deliveries(
+        self, now: float, *, message_id: str | None = None, zone: str | None = None, domain: str | None = None
+    ) -> int:
+        where, params = _selector(message_id, zone, domain)
+        return await self._submit(_op_drop, (where, params, now), True)
+
+    async def add_suppression(
+        self, *, address: str | None = None, domain: str | None = None
+    ) -> SuppressionEntry:
+        if (address is None) == (domain is None):
+            raise ValueError("give exactly one of address or domain")
+        kind, value = ("address", address) if address is not None else ("domain", domain)
+        assert value is not None
+        value = value.strip().lower()
+        if not value:
+            raise ValueError(f"empty {kind}")
+        entry: SuppressionEntry = await self._submit(_op_add_suppression, (kind, value, time.time()), True)
+        self._suppression_empty_until = 0.0
+        return entry
+
+    async def list_suppressions(self, limit: int = 10000) -> list[SuppressionEntry]:
+        return await self._read(_read_suppressions, limit)
+
+    async def delete_suppression(self, entry_id: str) -> bool:
+        return await self._submit(_op_delete_suppression, (entry_id,), True)
+
+    async def is_suppressed(self, recipients: Iterable[str]) -> set[str]:
+        rcpts = list(recipients)
+        if not rcpts or time.monotonic() < self._suppression_empty_until:
+            return set()
+        found, empty = await self._read(_read_suppressed, rcpts)
+        if empty:
+            self._suppression_empty_until = time.monotonic() + _EMPTY_SUPPRESSION_TTL
+        return found
 
 
 def _resolve(items: list[_Settled]) -> None:
