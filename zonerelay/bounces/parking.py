@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 
 from zonerelay.bounces.classify import Classification
@@ -24,6 +25,8 @@ log = logging.getLogger("zonerelay.bounces")
 
 PARK_PREFIX = "park:"
 SLOW_PREFIX = "slow:"
+#: How stale a process's view of other processes' parked entries may be.
+PARKED_CACHE_SECONDS = 1.0
 _STRIKES = re.compile(r"^x(\d+) ")
 _UNTIL = re.compile(r"\buntil=(\d+(?:\.\d+)?)")
 
@@ -93,9 +96,11 @@ class Parking:
         self.blacklist_ttl = blacklist_ttl
         self.pause = pause
         self.max_pause = max_pause
+        self._snapshot: tuple[float, list[Parked]] | None = None
 
     async def park(self, local_address: str, mx: str, reason: str, now: float) -> float:
         until = now + self.blacklist_ttl
+        self._snapshot = None
         try:
             await self.coordinator.park(park_key(local_address, mx), until, reason[:500])
         except CoordinationUnavailable as exc:
@@ -125,6 +130,7 @@ class Parking:
                 strikes = int(m.group(1)) + 1
         pause = slow_pause(strikes, self.pause, self.max_pause)
         until = now + pause
+        self._snapshot = None
         try:
             # kept twice as long as the pause, so a repeat soon after it ends still doubles
             await self.coordinator.park(key, now + 2 * pause, f"x{strikes} until={until:.3f} {reason}"[:500])
@@ -142,8 +148,18 @@ class Parking:
         return None
 
     async def _parked(self, now: float, prefix: str) -> list[Parked]:
-        try:
-            return await self.coordinator.parked(now, prefix)
-        except CoordinationUnavailable as exc:
-            log.warning("could not read parked entries: %s", exc)
-            return []
+        """Parked entries under ``prefix``, from a snapshot at most PARKED_CACHE_SECONDS old.
+
+        Every delivery asks, so asking the shared coordinator each time cost a round trip
+        per message (14 % of a worker's time in the profile). This process's own parks drop
+        the snapshot at once; other processes' parks are seen within a second.
+        """
+        mono = time.monotonic()
+        if self._snapshot is None or mono - self._snapshot[0] > PARKED_CACHE_SECONDS:
+            try:
+                entries = await self.coordinator.parked(now, "")
+            except CoordinationUnavailable as exc:
+                log.warning("could not read parked entries: %s", exc)
+                return []
+            self._snapshot = (mono, entries)
+        return [p for p in self._snapshot[1] if p.key.startswith(prefix) and p.until > now]

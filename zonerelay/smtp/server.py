@@ -182,7 +182,10 @@ class _Session:
                 if conn.closing:
                     return
                 try:
-                    data = await asyncio.wait_for(self.reader.read(READ_SIZE), idle)
+                    # asyncio.timeout, not wait_for: wait_for wraps every read in a new task,
+                    # which showed up as 5 % of ingest time in the profile.
+                    async with asyncio.timeout(idle):
+                        data = await self.reader.read(READ_SIZE)
                 except TimeoutError:
                     conn.send_reply(TIMEOUT)
                     await self._flush()

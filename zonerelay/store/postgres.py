@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -64,17 +63,35 @@ from zonerelay.store.base import (
     Delivery,
     DeliveryStatus,
     Event,
-    GcResult,
     MessageExists,
     NewMessage,
     OutboxEntry,
     Outcome,
     QueueStats,
-    QueueStore,
     StoredMessage,
     StoreError,
     StoreUnavailable,
     SuppressionEntry,
+)
+from zonerelay.store.common import (
+    BODY_DEAD,
+    BODY_DELETED,
+    BODY_LIVE,
+    FINAL_VALUES,
+    ChunkWriter,
+    GroupCommitStore,
+    Settled,
+    WriterOps,
+    delivery,
+    event,
+    outbox_entry,
+    queue_stats,
+    settle,
+    stored_message,
+    suppressed,
+    suppression_entry,
+    suppression_keys,
+    to_json,
 )
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "SchemaMismatch"]
@@ -93,15 +110,8 @@ _GC_ROW_BATCH = 500
 _GC_MESSAGE_BATCH = 100
 _LOCK_ID = 0x7A6F6E6572656C61  # pg_advisory_xact_lock key of `store migrate` ("zonerela")
 
-_BODY_LIVE = 0
-_BODY_DEAD = 1
-_BODY_DELETED = 2
-
 _PENDING_SQL = "status IN ('queued','deferred')"
 _FINAL_SQL = "status IN ('delivered','bounced')"
-_PENDING_VALUES = frozenset(s.value for s in (DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED))
-_FINAL_VALUES = frozenset(s.value for s in (DeliveryStatus.DELIVERED, DeliveryStatus.BOUNCED))
-_STATUS = {s.value: s for s in DeliveryStatus}
 
 _DELIVERY_COLS = (
     "id, seq, recipient, domain, zone, status, attempts, created, next_attempt, first_failure,"
@@ -229,22 +239,6 @@ def _map_error(exc: BaseException) -> BaseException:
     return mapped
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _delivery(r: asyncpg.Record) -> Delivery:
-    return Delivery(
-        r[0], r[1], r[2], r[3], r[4], _STATUS[r[5]], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13]
-    )
-
-
-def _entry(row: asyncpg.Record) -> SuppressionEntry:
-    if row[1] == "address":
-        return SuppressionEntry(row[0], address=row[2])
-    return SuppressionEntry(row[0], domain=row[2])
-
-
 # -- writer operations: run on the writer connection inside the batch transaction -----------
 # Each raises its refusals (StoreError subclasses, ValueError) before writing anything.
 
@@ -301,7 +295,7 @@ async def _op_commit(conn: Conn, m: NewMessage, recipients: str, meta: str) -> N
         " SELECT (SELECT n FROM size), (SELECT count(*) FROM msg),"
         "  EXISTS (SELECT 1 FROM messages WHERE id = $1)",
         m.id, m.sender, recipients, m.headers, m.body_size, meta, m.created,
-        _BODY_LIVE if m.deliveries else _BODY_DEAD, m.not_before,
+        BODY_LIVE if m.deliveries else BODY_DEAD, m.not_before,
         seqs, [d.recipient for d in m.deliveries], [d.domain for d in m.deliveries],
         [d.zone for d in m.deliveries],
     )  # fmt: skip
@@ -323,7 +317,7 @@ async def _mark_dead_if_done(conn: Conn, mid: str) -> None:
     # sees the first's commit.
     await conn.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", mid)
     await conn.execute(
-        f"UPDATE messages SET body_state = {_BODY_DEAD} WHERE id = $1 AND body_state = {_BODY_LIVE}"
+        f"UPDATE messages SET body_state = {BODY_DEAD} WHERE id = $1 AND body_state = {BODY_LIVE}"
         f" AND NOT EXISTS (SELECT 1 FROM deliveries WHERE id = $1 AND {_PENDING_SQL})",
         mid,
     )
@@ -356,11 +350,11 @@ SELECT count(*) FROM upd
 
 async def _op_outcome(conn: Conn, mid: str, seq: str, owner: str, o: Outcome, details: str) -> bool:
     status = o.status.value
-    final = status in _FINAL_VALUES
+    final = status in FINAL_VALUES
     applied = await conn.fetchval(
         _OUTCOME_SQL,
         mid, seq, final, 1 if o.counts_as_attempt else 0, status, o.next_attempt, o.time, o.response,
-        owner, details, [n.kind for n in o.notices], [_json(n.payload) for n in o.notices],
+        owner, details, [n.kind for n in o.notices], [to_json(n.payload) for n in o.notices],
     )  # fmt: skip
     if not applied:
         return False
@@ -405,7 +399,7 @@ async def _delete_message(conn: Conn, mid: str) -> None:
 
 async def _op_gc_dead_bodies(conn: Conn) -> tuple[int, bool]:
     ids = await conn.fetch(
-        f"SELECT id FROM messages WHERE body_state = {_BODY_DEAD} LIMIT {_GC_MESSAGE_BATCH}"
+        f"SELECT id FROM messages WHERE body_state = {BODY_DEAD} LIMIT {_GC_MESSAGE_BATCH}"
         " FOR UPDATE SKIP LOCKED"
     )
     budget, removed = _GC_CHUNK_BUDGET, 0
@@ -417,7 +411,7 @@ async def _op_gc_dead_bodies(conn: Conn) -> tuple[int, bool]:
             await _delete_message(conn, mid)
             removed += 1
         else:
-            await conn.execute(f"UPDATE messages SET body_state = {_BODY_DELETED} WHERE id = $1", mid)
+            await conn.execute(f"UPDATE messages SET body_state = {BODY_DELETED} WHERE id = $1", mid)
         if budget == 0:
             return removed, True
     return removed, len(ids) == _GC_MESSAGE_BATCH
@@ -453,18 +447,6 @@ async def _op_gc_orphans(conn: Conn, cutoff: float) -> tuple[int, bool]:
         if budget == 0:
             return removed, True
     return removed, len(ids) == _GC_MESSAGE_BATCH
-
-
-def _selector(message_id: str | None, zone: str | None, domain: str | None) -> tuple[str, list[Any]]:
-    where: list[str] = []
-    params: list[Any] = []
-    for column, value in (("id", message_id), ("zone", zone), ("domain", domain)):
-        if value is not None:
-            params.append(value.lower() if column == "domain" else value)
-            where.append(f"{column} = ${len(params)}")
-    if not where:
-        raise ValueError("select deliveries by message id, zone or domain")
-    return " AND ".join(where), params
 
 
 async def _op_retry_now(conn: Conn, where: str, params: list[Any], now: float) -> int:
@@ -507,7 +489,7 @@ async def _op_add_suppression(conn: Conn, kind: str, value: str, now: float) -> 
         "SELECT id, kind, value FROM suppression WHERE kind = $1 AND value = $2", kind, value
     )
     assert row is not None  # inserted or already there, in this transaction
-    return _entry(row)
+    return suppression_entry(row)
 
 
 async def _op_delete_suppression(conn: Conn, entry_id: str) -> bool:
@@ -518,36 +500,26 @@ async def _op_delete_suppression(conn: Conn, entry_id: str) -> bool:
 _Op = tuple[Callable[..., Awaitable[Any]], tuple[Any, ...], asyncio.Future[Any], bool]
 
 
-class _PgBodyWriter(BodyWriter):
-    """Chunks go through the writer (group-committed without a WAL flush of their own)."""
-
-    __slots__ = ("_closed", "_id", "_idx", "_store")
-
-    def __init__(self, store: PostgresStore, message_id: str) -> None:
-        self._store = store
-        self._id = message_id
-        self._idx = 0
-        self._closed = False
-
-    async def write(self, chunk: bytes) -> None:
-        if self._closed:
-            raise StoreError(f"body writer of {self._id} was aborted")
-        if not chunk:
-            return
-        data = chunk if type(chunk) is bytes else bytes(chunk)
-        await self._store._submit(_op_write_chunk, (self._id, self._idx, data, time.time()), False)
-        self._idx += 1
-
-    async def abort(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._idx:
-            await self._store._submit(_op_abort, (self._id,), False)
-
-
-class PostgresStore(QueueStore):
+class PostgresStore(GroupCommitStore):
     """QueueStore on a PostgreSQL database shared by every instance; see the module docstring."""
+
+    # what GroupCommitStore submits for commits, outcomes, the outbox, GC and operator actions
+    _ops = WriterOps(
+        write_chunk=_op_write_chunk,
+        abort=_op_abort,
+        commit=_op_commit,
+        outcome=_op_outcome,
+        outbox_done=_op_outbox_done,
+        outbox_retry=_op_outbox_retry,
+        gc_dead_bodies=_op_gc_dead_bodies,
+        gc_final=_op_gc_final,
+        gc_orphans=_op_gc_orphans,
+        retry_now=_op_retry_now,
+        drop=_op_drop,
+        add_suppression=_op_add_suppression,
+        delete_suppression=_op_delete_suppression,
+        param=lambda n: f"${n}",
+    )
 
     def __init__(
         self, dsn: str, *, pool_size: int = 10, connect_timeout: float = 5.0, writers: int = _WRITERS
@@ -672,7 +644,7 @@ class PostgresStore(QueueStore):
                 try:
                     conn = await self._run_batch(conn, batch)
                 except BaseException as exc:  # never leave a future waiting
-                    _settle([(op[2], _map_error(exc), None) for op in batch])
+                    settle([(op[2], _map_error(exc), None) for op in batch])
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     conn = None
@@ -687,10 +659,10 @@ class PostgresStore(QueueStore):
             try:
                 conn = await self._connect()
             except StoreError as exc:
-                _settle([(op[2], _fresh(exc), None) for op in batch])
+                settle([(op[2], _fresh(exc), None) for op in batch])
                 return None
         durable = any(op[3] for op in batch)
-        results: list[tuple[asyncio.Future[Any], BaseException | None, Any]] = []
+        results: list[Settled] = []
         try:
             async with conn.transaction():
                 if not durable:
@@ -713,15 +685,15 @@ class PostgresStore(QueueStore):
                     for op in batch:
                         conn = await self._run_batch(conn, [op])
                     return conn
-                _settle([(batch[0][2], _fresh(_map_error(exc)), None)])
+                settle([(batch[0][2], _fresh(_map_error(exc)), None)])
                 return conn
             with contextlib.suppress(Exception):
                 conn.terminate()
-            _settle([(op[2], _fresh(_map_error(exc)), None) for op in batch])
+            settle([(op[2], _fresh(_map_error(exc)), None) for op in batch])
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return None
-        _settle(results)
+        settle(results)
         return conn
 
     # -- pooled statements ----------------------------------------------------------------
@@ -744,10 +716,7 @@ class PostgresStore(QueueStore):
     async def new_body(self, message_id: str) -> BodyWriter:
         if self._closed or not self._writers:
             raise StoreError("queue store is not open")
-        return _PgBodyWriter(self, message_id)
-
-    async def commit_message(self, message: NewMessage) -> None:
-        await self._submit(_op_commit, (message, _json(list(message.recipients)), _json(message.meta)), True)
+        return ChunkWriter(self, message_id)
 
     # -- delivery -------------------------------------------------------------------------
     async def claim(
@@ -767,7 +736,7 @@ class PostgresStore(QueueStore):
             f" RETURNING {', '.join('d.' + c.strip() for c in _DELIVERY_COLS.split(','))}"
         )
         rows = await self._fetch(sql, *args)
-        out = [_delivery(r) for r in rows]
+        out = [delivery(r) for r in rows]
         out.sort(key=lambda d: (d.next_attempt, d.created))
         return out
 
@@ -806,11 +775,6 @@ class PostgresStore(QueueStore):
         )
         return len(rows)
 
-    async def record_outcome(self, key: tuple[str, str], owner: str, outcome: Outcome) -> bool:
-        if not outcome.status.is_final and outcome.next_attempt is None:
-            raise ValueError("a non-final outcome needs next_attempt")
-        return await self._submit(_op_outcome, (key[0], key[1], owner, outcome, _json(outcome.details)), True)
-
     async def read_body(self, message_id: str) -> AsyncIterator[bytes]:
         idx = 0
         sql = (
@@ -822,7 +786,7 @@ class PostgresStore(QueueStore):
             rows = await self._fetch(sql, message_id, idx)  # one statement: one snapshot
             if not rows:
                 raise BodyGone(f"message {message_id} is not stored")
-            if rows[0][0] != _BODY_LIVE:
+            if rows[0][0] != BODY_LIVE:
                 raise BodyGone(f"body of {message_id} was collected: no pending delivery needs it")
             n = 0
             for _, i, data in rows:
@@ -842,23 +806,20 @@ class PostgresStore(QueueStore):
             "SELECT id, sender, recipients, headers, body_size, meta, created FROM messages WHERE id = $1",
             message_id,
         )
-        if not rows:
-            return None
-        r = rows[0]
-        return StoredMessage(r[0], r[1], tuple(json.loads(r[2])), bytes(r[3]), r[4], json.loads(r[5]), r[6])
+        return stored_message(rows[0]) if rows else None
 
     async def get_deliveries(self, message_id: str) -> list[Delivery]:
         rows = await self._fetch(
             f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE id = $1 ORDER BY length(seq), seq", message_id
         )
-        return [_delivery(r) for r in rows]
+        return [delivery(r) for r in rows]
 
     async def get_events(self, message_id: str) -> list[Event]:
         rows = await self._fetch(
             "SELECT id, seq, time, status, response, details FROM events WHERE id = $1 ORDER BY eid",
             message_id,
         )
-        return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+        return [event(r) for r in rows]
 
     async def list_deliveries(
         self,
@@ -881,7 +842,7 @@ class PostgresStore(QueueStore):
             sql += " WHERE " + " AND ".join(where)
         params.append(limit)
         sql += f" ORDER BY created, id, length(seq), seq LIMIT ${len(params)}"
-        return [_delivery(r) for r in await self._fetch(sql, *params)]
+        return [delivery(r) for r in await self._fetch(sql, *params)]
 
     async def stats(self) -> QueueStats:
         now = time.time()
@@ -896,20 +857,7 @@ class PostgresStore(QueueStore):
             return rows, messages, leased
 
         rows, messages, leased = await self._pooled(_stats)
-        totals = dict.fromkeys(_STATUS, 0)
-        by_zone: dict[str, dict[str, int]] = {}
-        for status, zone, n in rows:
-            totals[status] = totals.get(status, 0) + n
-            by_zone.setdefault(zone, dict.fromkeys(_STATUS, 0))[status] = n
-        return QueueStats(
-            queued=totals["queued"],
-            deferred=totals["deferred"],
-            delivered=totals["delivered"],
-            bounced=totals["bounced"],
-            messages=messages,
-            leased=leased,
-            by_zone=by_zone,
-        )
+        return queue_stats(rows, messages, leased)
 
     async def next_due(self) -> float | None:
         value: float | None = await self._fetchval(
@@ -943,87 +891,29 @@ class PostgresStore(QueueStore):
             now,
             limit,
         )
-        return [OutboxEntry(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
-
-    async def outbox_done(self, oids: list[int]) -> None:
-        if oids:
-            await self._submit(_op_outbox_done, (list(oids),), True)
-
-    async def outbox_retry(self, oid: int, next_try: float, error: str) -> None:
-        await self._submit(_op_outbox_retry, (oid, next_try, error), False)
+        return [outbox_entry(r) for r in rows]
 
     async def outbox_backlog(self) -> dict[str, int]:
         rows = await self._fetch("SELECT kind, count(*) FROM outbox GROUP BY kind")
         return {r[0]: r[1] for r in rows}
 
-    # -- housekeeping ---------------------------------------------------------------------
-    async def collect_garbage(self, now: float, retention: float, orphan_age: float) -> GcResult:
-        messages = deliveries = orphans = 0
-        more = True
-        while more:
-            n, more = await self._submit(_op_gc_dead_bodies, (), False)
-            messages += n
-        more = True
-        while more:
-            d, n, more = await self._submit(_op_gc_final, (now - retention,), False)
-            deliveries += d
-            messages += n
-        more = True
-        while more:
-            n, more = await self._submit(_op_gc_orphans, (now - orphan_age,), False)
-            orphans += n
-        return GcResult(deliveries=deliveries, messages=messages, orphan_bodies=orphans)
-
-    # -- operator actions and the suppression list ------------------------------------------
-    async def retry_now(
-        self, now: float, *, message_id: str | None = None, zone: str | None = None, domain: str | None = None
-    ) -> int:
-        where, params = _selector(message_id, zone, domain)
-        return await self._submit(_op_retry_now, (where, params, now), False)
-
-    async def drop_deliveries(
-        self, now: float, *, message_id: str | None = None, zone: str | None = None, domain: str | None = None
-    ) -> int:
-        where, params = _selector(message_id, zone, domain)
-        return await self._submit(_op_drop, (where, params, now), True)
-
-    async def add_suppression(
-        self, *, address: str | None = None, domain: str | None = None
-    ) -> SuppressionEntry:
-        if (address is None) == (domain is None):
-            raise ValueError("give exactly one of address or domain")
-        kind, value = ("address", address) if address is not None else ("domain", domain)
-        assert value is not None
-        value = value.strip().lower()
-        if not value:
-            raise ValueError(f"empty {kind}")
-        return await self._submit(_op_add_suppression, (kind, value, time.time()), True)
-
+    # -- the suppression list ---------------------------------------------------------------
     async def list_suppressions(self, limit: int = 10000) -> list[SuppressionEntry]:
         rows = await self._fetch("SELECT id, kind, value FROM suppression ORDER BY n LIMIT $1", limit)
-        return [_entry(r) for r in rows]
-
-    async def delete_suppression(self, entry_id: str) -> bool:
-        return await self._submit(_op_delete_suppression, (entry_id,), True)
+        return [suppression_entry(r) for r in rows]
 
     async def is_suppressed(self, recipients: Iterable[str]) -> set[str]:
         rcpts = list(recipients)
         if not rcpts:
             return set()
+        addresses, domains = suppression_keys(rcpts)
         rows = await self._fetch(
             "SELECT kind, value FROM suppression WHERE (kind = 'address' AND value = ANY($1::text[]))"
             " OR (kind = 'domain' AND value = ANY($2::text[]))",
-            sorted({r.lower() for r in rcpts}),
-            sorted({r.rpartition("@")[2].lower() for r in rcpts}),
+            addresses,
+            domains,
         )
-        hits = {(r[0], r[1]) for r in rows}
-        if not hits:
-            return set()
-        return {
-            r
-            for r in rcpts
-            if ("address", r.lower()) in hits or ("domain", r.rpartition("@")[2].lower()) in hits
-        }
+        return suppressed(rcpts, {(r[0], r[1]) for r in rows})
 
 
 async def _read_version(conn: Conn) -> int | None:
@@ -1040,13 +930,3 @@ def _fresh(exc: BaseException) -> BaseException:
         one.__cause__ = exc.__cause__
         return one
     return exc
-
-
-def _settle(items: list[tuple[asyncio.Future[Any], BaseException | None, Any]]) -> None:
-    for fut, exc, result in items:
-        if fut.done():  # the waiter was cancelled; the write happened anyway
-            continue
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(result)

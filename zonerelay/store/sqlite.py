@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import queue
 import secrets
 import sqlite3
@@ -68,17 +67,36 @@ from zonerelay.store.base import (
     Delivery,
     DeliveryStatus,
     Event,
-    GcResult,
     MessageExists,
     NewMessage,
     OutboxEntry,
     Outcome,
     QueueStats,
-    QueueStore,
     StoredMessage,
     StoreError,
     StoreUnavailable,
     SuppressionEntry,
+)
+from zonerelay.store.common import (
+    BODY_DEAD,
+    BODY_DELETED,
+    BODY_LIVE,
+    FINAL_VALUES,
+    PENDING_VALUES,
+    ChunkWriter,
+    GroupCommitStore,
+    Settled,
+    WriterOps,
+    delivery,
+    event,
+    outbox_entry,
+    queue_stats,
+    settle,
+    stored_message,
+    suppressed,
+    suppression_entry,
+    suppression_keys,
+    to_json,
 )
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
@@ -93,16 +111,8 @@ _GC_CHUNK_BUDGET = 64  # body chunks deleted per GC transaction (~16 MiB)
 _GC_ROW_BATCH = 500  # delivery rows deleted per GC transaction
 _GC_MESSAGE_BATCH = 100  # messages / orphan bodies looked at per GC transaction
 
-# body_state of a message row
-_BODY_LIVE = 0  # chunks stored and needed
-_BODY_DEAD = 1  # no pending delivery needs the body; chunks are waiting for GC
-_BODY_DELETED = 2  # chunks deleted, message row kept while delivery rows are
-
 _PENDING_SQL = "status IN ('queued','deferred')"
 _FINAL_SQL = "status IN ('delivered','bounced')"
-_PENDING_VALUES = frozenset(s.value for s in (DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED))
-_FINAL_VALUES = frozenset(s.value for s in (DeliveryStatus.DELIVERED, DeliveryStatus.BOUNCED))
-_STATUS = {s.value: s for s in DeliveryStatus}
 
 _DELIVERY_COLS = (
     "id, seq, recipient, domain, zone, status, attempts, created, next_attempt, first_failure,"
@@ -216,7 +226,6 @@ _UNAVAILABLE_CODES = frozenset(
 
 # (operation, its arguments, loop of the waiting coroutine, future, needs synchronous=FULL)
 _Op = tuple[Callable[..., Any], tuple[Any, ...], asyncio.AbstractEventLoop, asyncio.Future[Any], bool]
-_Settled = tuple[asyncio.Future[Any], BaseException | None, Any]
 
 
 def _map_error(exc: BaseException) -> BaseException:
@@ -231,16 +240,6 @@ def _map_error(exc: BaseException) -> BaseException:
         mapped = StoreError(f"queue store error: {exc}")
     mapped.__cause__ = exc
     return mapped
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _delivery(r: tuple[Any, ...]) -> Delivery:
-    return Delivery(
-        r[0], r[1], r[2], r[3], r[4], _STATUS[r[5]], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13]
-    )
 
 
 # -- write operations: run on the writer thread inside the batch transaction ------------------
@@ -271,7 +270,7 @@ def _op_commit(conn: sqlite3.Connection, m: NewMessage, recipients: str, meta: s
             "INSERT INTO messages (id, sender, recipients, headers, body_size, meta, created, body_state)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (m.id, m.sender, recipients, m.headers, m.body_size, meta, m.created,
-             _BODY_LIVE if m.deliveries else _BODY_DEAD),
+             BODY_LIVE if m.deliveries else BODY_DEAD),
         )  # fmt: skip
     except sqlite3.IntegrityError as exc:
         raise MessageExists(f"message {m.id} is already stored") from exc
@@ -295,7 +294,7 @@ def _op_commit(conn: sqlite3.Connection, m: NewMessage, recipients: str, meta: s
 
 def _op_claim(conn: sqlite3.Connection, sql: str, params: dict[str, Any]) -> list[Delivery]:
     rows = conn.execute(sql, params).fetchall()
-    out = [_delivery(r) for r in rows]
+    out = [delivery(r) for r in rows]
     out.sort(key=lambda d: (d.next_attempt, d.created))  # RETURNING order is unspecified
     return out
 
@@ -324,10 +323,10 @@ def _op_outcome(conn: sqlite3.Connection, mid: str, seq: str, owner: str, o: Out
     row = conn.execute(
         "SELECT status, lease_owner, lease_until FROM deliveries WHERE id = ? AND seq = ?", (mid, seq)
     ).fetchone()
-    if row is None or row[0] not in _PENDING_VALUES:
+    if row is None or row[0] not in PENDING_VALUES:
         return False  # finished (or removed) meanwhile
     status = o.status.value
-    final = status in _FINAL_VALUES
+    final = status in FINAL_VALUES
     if not final and row[1] is not None and row[1] != owner and row[2] is not None and row[2] >= o.time:
         return False  # another owner holds a live lease: its outcome will count, not ours
     tries = 1 if o.counts_as_attempt else 0
@@ -360,7 +359,7 @@ def _op_outcome(conn: sqlite3.Connection, mid: str, seq: str, owner: str, o: Out
         conn.executemany(
             "INSERT INTO outbox (kind, message_id, payload, created, attempts, next_try)"
             " VALUES (?, ?, ?, ?, 0, ?)",
-            [(n.kind, mid, _json(n.payload), o.time, o.time) for n in o.notices],
+            [(n.kind, mid, to_json(n.payload), o.time, o.time) for n in o.notices],
         )
     if (
         final
@@ -368,7 +367,7 @@ def _op_outcome(conn: sqlite3.Connection, mid: str, seq: str, owner: str, o: Out
         is None
     ):
         conn.execute(
-            f"UPDATE messages SET body_state = {_BODY_DEAD} WHERE id = ? AND body_state = {_BODY_LIVE}",
+            f"UPDATE messages SET body_state = {BODY_DEAD} WHERE id = ? AND body_state = {BODY_LIVE}",
             (mid,),
         )
     return True
@@ -386,8 +385,7 @@ def _read_outbox_due(
         "SELECT oid, kind, message_id, payload, created, attempts, next_try, last_error FROM outbox o"
         f" WHERE kind IN ({marks}) AND next_try <= ?{first if ordered else ''} ORDER BY oid LIMIT ?"
     )
-    rows = conn.execute(sql, (*kinds, now, limit)).fetchall()
-    return [OutboxEntry(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+    return [outbox_entry(r) for r in conn.execute(sql, (*kinds, now, limit))]
 
 
 def _op_outbox_done(conn: sqlite3.Connection, oids: list[int]) -> None:
@@ -426,7 +424,7 @@ def _delete_message(conn: sqlite3.Connection, mid: str) -> None:
 def _op_gc_dead_bodies(conn: sqlite3.Connection) -> tuple[int, bool]:
     """Delete chunks of dead bodies; returns (messages removed, more to do)."""
     ids = conn.execute(
-        f"SELECT id FROM messages WHERE body_state = {_BODY_DEAD} LIMIT {_GC_MESSAGE_BATCH}"
+        f"SELECT id FROM messages WHERE body_state = {BODY_DEAD} LIMIT {_GC_MESSAGE_BATCH}"
     ).fetchall()
     budget, removed = _GC_CHUNK_BUDGET, 0
     for (mid,) in ids:
@@ -437,7 +435,7 @@ def _op_gc_dead_bodies(conn: sqlite3.Connection) -> tuple[int, bool]:
             _delete_message(conn, mid)
             removed += 1
         else:
-            conn.execute(f"UPDATE messages SET body_state = {_BODY_DELETED} WHERE id = ?", (mid,))
+            conn.execute(f"UPDATE messages SET body_state = {BODY_DELETED} WHERE id = ?", (mid,))
         if budget == 0:
             return removed, True
     return removed, len(ids) == _GC_MESSAGE_BATCH
@@ -480,17 +478,6 @@ def _op_gc_orphans(conn: sqlite3.Connection, cutoff: float) -> tuple[int, bool]:
 # -- operator actions and the suppression list ---------------------------------------------
 
 
-def _selector(message_id: str | None, zone: str | None, domain: str | None) -> tuple[str, list[Any]]:
-    where, params = [], []
-    for column, value in (("id", message_id), ("zone", zone), ("domain", domain)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value.lower() if column == "domain" else value)
-    if not where:
-        raise ValueError("select deliveries by message id, zone or domain")
-    return " AND ".join(where), params
-
-
 def _op_retry_now(conn: sqlite3.Connection, where: str, params: list[Any], now: float) -> int:
     sql = (
         f"UPDATE deliveries SET next_attempt = ?, updated = ? WHERE {_PENDING_SQL} AND next_attempt > ?"
@@ -510,16 +497,10 @@ def _op_drop(conn: sqlite3.Connection, where: str, params: list[Any], now: float
         pending = conn.execute(f"SELECT 1 FROM deliveries WHERE id = ? AND {_PENDING_SQL}", (mid,))
         if pending.fetchone() is None:
             conn.execute(
-                f"UPDATE messages SET body_state = {_BODY_DEAD} WHERE id = ? AND body_state = {_BODY_LIVE}",
+                f"UPDATE messages SET body_state = {BODY_DEAD} WHERE id = ? AND body_state = {BODY_LIVE}",
                 (mid,),
             )
     return len(dropped)
-
-
-def _entry(row: tuple[Any, ...]) -> SuppressionEntry:
-    if row[1] == "address":
-        return SuppressionEntry(row[0], address=row[2])
-    return SuppressionEntry(row[0], domain=row[2])
 
 
 def _op_add_suppression(conn: sqlite3.Connection, kind: str, value: str, now: float) -> SuppressionEntry:
@@ -529,7 +510,7 @@ def _op_add_suppression(conn: sqlite3.Connection, kind: str, value: str, now: fl
         (secrets.token_hex(12), kind, value, now),
     )
     row = conn.execute("SELECT id, kind, value FROM suppression WHERE kind = ? AND value = ?", (kind, value))
-    return _entry(row.fetchone())
+    return suppression_entry(row.fetchone())
 
 
 def _op_delete_suppression(conn: sqlite3.Connection, entry_id: str) -> bool:
@@ -538,7 +519,7 @@ def _op_delete_suppression(conn: sqlite3.Connection, entry_id: str) -> bool:
 
 def _read_suppressions(conn: sqlite3.Connection, limit: int) -> list[SuppressionEntry]:
     sql = "SELECT id, kind, value FROM suppression ORDER BY created, rowid LIMIT ?"
-    return [_entry(r) for r in conn.execute(sql, (limit,))]
+    return [suppression_entry(r) for r in conn.execute(sql, (limit,))]
 
 
 def _read_suppressed(conn: sqlite3.Connection, recipients: list[str]) -> tuple[set[str], bool]:
@@ -548,22 +529,14 @@ def _read_suppressed(conn: sqlite3.Connection, recipients: list[str]) -> tuple[s
     hits: set[tuple[str, str]] = set()
     for start in range(0, len(recipients), _SUPPRESSION_LOOKUP_BATCH):
         batch = recipients[start : start + _SUPPRESSION_LOOKUP_BATCH]
-        addresses = sorted({r.lower() for r in batch})
-        domains = sorted({r.rpartition("@")[2].lower() for r in batch})
+        addresses, domains = suppression_keys(batch)
         sql = (
             "SELECT kind, value FROM suppression"
             f" WHERE (kind = 'address' AND value IN ({', '.join('?' * len(addresses))}))"
             f" OR (kind = 'domain' AND value IN ({', '.join('?' * len(domains))}))"
         )
         hits.update(conn.execute(sql, (*addresses, *domains)).fetchall())
-    if not hits:
-        return set(), False
-    found = {
-        r
-        for r in recipients
-        if ("address", r.lower()) in hits or ("domain", r.rpartition("@")[2].lower()) in hits
-    }
-    return found, False
+    return suppressed(recipients, hits), False
 
 
 # -- read operations: run on a reader thread ------------------------------------------------
@@ -573,23 +546,21 @@ def _read_message(conn: sqlite3.Connection, mid: str) -> StoredMessage | None:
     r = conn.execute(
         "SELECT id, sender, recipients, headers, body_size, meta, created FROM messages WHERE id = ?", (mid,)
     ).fetchone()
-    if r is None:
-        return None
-    return StoredMessage(r[0], r[1], tuple(json.loads(r[2])), bytes(r[3]), r[4], json.loads(r[5]), r[6])
+    return None if r is None else stored_message(r)
 
 
 def _read_deliveries(conn: sqlite3.Connection, mid: str) -> list[Delivery]:
     sql = f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE id = ? ORDER BY length(seq), seq"
-    return [_delivery(r) for r in conn.execute(sql, (mid,))]
+    return [delivery(r) for r in conn.execute(sql, (mid,))]
 
 
 def _read_events(conn: sqlite3.Connection, mid: str) -> list[Event]:
     sql = "SELECT id, seq, time, status, response, details FROM events WHERE id = ? ORDER BY eid"
-    return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in conn.execute(sql, (mid,))]
+    return [event(r) for r in conn.execute(sql, (mid,))]
 
 
 def _read_list(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[Delivery]:
-    return [_delivery(r) for r in conn.execute(sql, params)]
+    return [delivery(r) for r in conn.execute(sql, params)]
 
 
 def _read_stats(conn: sqlite3.Connection, now: float) -> QueueStats:
@@ -602,20 +573,7 @@ def _read_stats(conn: sqlite3.Connection, now: float) -> QueueStats:
         ).fetchone()[0]
     finally:
         conn.execute("COMMIT")
-    totals = dict.fromkeys(_STATUS, 0)
-    by_zone: dict[str, dict[str, int]] = {}
-    for status, zone, n in rows:
-        totals[status] = totals.get(status, 0) + n
-        by_zone.setdefault(zone, dict.fromkeys(_STATUS, 0))[status] = n
-    return QueueStats(
-        queued=totals["queued"],
-        deferred=totals["deferred"],
-        delivered=totals["delivered"],
-        bounced=totals["bounced"],
-        messages=messages,
-        leased=leased,
-        by_zone=by_zone,
-    )
+    return queue_stats(rows, messages, leased)
 
 
 def _read_lease_holders(conn: sqlite3.Connection, now: float) -> dict[str, int]:
@@ -640,7 +598,7 @@ def _read_chunks(conn: sqlite3.Connection, mid: str, idx: int) -> list[tuple[int
         row = conn.execute("SELECT body_state FROM messages WHERE id = ?", (mid,)).fetchone()
         if row is None:
             raise BodyGone(f"message {mid} is not stored")
-        if row[0] != _BODY_LIVE:
+        if row[0] != BODY_LIVE:
             raise BodyGone(f"body of {mid} was collected: no pending delivery needs it")
         rows: list[tuple[int, bytes]] = conn.execute(
             "SELECT idx, data FROM chunks WHERE message_id = ? AND idx >= ?"
@@ -652,40 +610,26 @@ def _read_chunks(conn: sqlite3.Connection, mid: str, idx: int) -> list[tuple[int
     return rows
 
 
-class _SqliteBodyWriter(BodyWriter):
-    """Chunks go through the writer thread (group-committed, synchronous=NORMAL).
-
-    The pending_bodies row is created with the first chunk, so an empty body costs no write.
-    Calls must be awaited one after the other.
-    """
-
-    __slots__ = ("_closed", "_id", "_idx", "_store")
-
-    def __init__(self, store: SqliteStore, message_id: str) -> None:
-        self._store = store
-        self._id = message_id
-        self._idx = 0
-        self._closed = False
-
-    async def write(self, chunk: bytes) -> None:
-        if self._closed:
-            raise StoreError(f"body writer of {self._id} was aborted")
-        if not chunk:
-            return
-        data = chunk if type(chunk) is bytes else bytes(chunk)
-        await self._store._submit(_op_write_chunk, (self._id, self._idx, data, time.time()), False)
-        self._idx += 1
-
-    async def abort(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._idx:
-            await self._store._submit(_op_abort, (self._id,), False)
-
-
-class SqliteStore(QueueStore):
+class SqliteStore(GroupCommitStore):
     """QueueStore on one SQLite file; see the module docstring for threads and durability."""
+
+    # what GroupCommitStore submits for commits, outcomes, the outbox, GC and operator actions
+    _ops = WriterOps(
+        write_chunk=_op_write_chunk,
+        abort=_op_abort,
+        commit=_op_commit,
+        outcome=_op_outcome,
+        outbox_done=_op_outbox_done,
+        outbox_retry=_op_outbox_retry,
+        gc_dead_bodies=_op_gc_dead_bodies,
+        gc_final=_op_gc_final,
+        gc_orphans=_op_gc_orphans,
+        retry_now=_op_retry_now,
+        drop=_op_drop,
+        add_suppression=_op_add_suppression,
+        delete_suppression=_op_delete_suppression,
+        param=lambda n: "?",
+    )
 
     def __init__(
         self,
@@ -807,7 +751,7 @@ class SqliteStore(QueueStore):
         except sqlite3.Error as exc:
             self._fail(batch, exc)
             return
-        settled: list[tuple[asyncio.AbstractEventLoop, _Settled]] = []
+        settled: list[tuple[asyncio.AbstractEventLoop, Settled]] = []
         if len(batch) == 1:
             fn, args, loop, fut, _ = batch[0]
             try:
@@ -850,7 +794,7 @@ class SqliteStore(QueueStore):
 
     def _fail(self, batch: Iterable[_Op], exc: BaseException) -> None:
         mapped = _map_error(exc)
-        settled: list[tuple[asyncio.AbstractEventLoop, _Settled]] = []
+        settled: list[tuple[asyncio.AbstractEventLoop, Settled]] = []
         for _, _, loop, fut, _ in batch:
             # a fresh exception per future: they are raised in different tasks
             one = mapped
@@ -861,14 +805,14 @@ class SqliteStore(QueueStore):
         self._settle(settled)
 
     @staticmethod
-    def _settle(settled: list[tuple[asyncio.AbstractEventLoop, _Settled]]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Settled]] = {}
+    def _settle(settled: list[tuple[asyncio.AbstractEventLoop, Settled]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[Settled]] = {}
         for loop, item in settled:
             by_loop.setdefault(loop, []).append(item)
         for loop, items in by_loop.items():
             # RuntimeError: the loop is closed, nobody is waiting any more
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve, items)
+                loop.call_soon_threadsafe(settle, items)
 
     def _submit(self, fn: Callable[..., T], args: tuple[Any, ...], durable: bool) -> asyncio.Future[T]:
         if self._closed or self._thread is None:
@@ -933,12 +877,7 @@ class SqliteStore(QueueStore):
     async def new_body(self, message_id: str) -> BodyWriter:
         if self._closed or self._thread is None:
             raise StoreError("queue store is not open")
-        return _SqliteBodyWriter(self, message_id)
-
-    async def commit_message(self, message: NewMessage) -> None:
-        recipients = _json(list(message.recipients))
-        meta = _json(message.meta)
-        await self._submit(_op_commit, (message, recipients, meta), True)
+        return ChunkWriter(self, message_id)
 
     # -- delivery -------------------------------------------------------------------------
     def _claim_statement(self, zones: int) -> str:
@@ -995,12 +934,6 @@ class SqliteStore(QueueStore):
         if keys is not None and not keys:
             return 0
         return await self._submit(_op_release, (owner, None if keys is None else list(keys)), False)
-
-    async def record_outcome(self, key: tuple[str, str], owner: str, outcome: Outcome) -> bool:
-        if not outcome.status.is_final and outcome.next_attempt is None:
-            raise ValueError("a non-final outcome needs next_attempt")
-        details = _json(outcome.details)
-        return await self._submit(_op_outcome, (key[0], key[1], owner, outcome, details), True)
 
     async def read_body(self, message_id: str) -> AsyncIterator[bytes]:
         idx = 0
@@ -1064,66 +997,19 @@ class SqliteStore(QueueStore):
             return []
         return await self._read(_read_outbox_due, kinds, now, limit, ordered)
 
-    async def outbox_done(self, oids: list[int]) -> None:
-        if oids:
-            await self._submit(_op_outbox_done, (list(oids),), True)
-
-    async def outbox_retry(self, oid: int, next_try: float, error: str) -> None:
-        await self._submit(_op_outbox_retry, (oid, next_try, error), False)
-
     async def outbox_backlog(self) -> dict[str, int]:
         return await self._read(_read_outbox_backlog)
 
-    # -- housekeeping ---------------------------------------------------------------------
-    async def collect_garbage(self, now: float, retention: float, orphan_age: float) -> GcResult:
-        messages = deliveries = orphans = 0
-        more = True
-        while more:  # each step is its own short transaction; other writes go in between
-            n, more = await self._submit(_op_gc_dead_bodies, (), False)
-            messages += n
-        more = True
-        while more:
-            d, n, more = await self._submit(_op_gc_final, (now - retention,), False)
-            deliveries += d
-            messages += n
-        more = True
-        while more:
-            n, more = await self._submit(_op_gc_orphans, (now - orphan_age,), False)
-            orphans += n
-        return GcResult(deliveries=deliveries, messages=messages, orphan_bodies=orphans)
-
-    # -- operator actions and the suppression list ------------------------------------------
-    async def retry_now(
-        self, now: float, *, message_id: str | None = None, zone: str | None = None, domain: str | None = None
-    ) -> int:
-        where, params = _selector(message_id, zone, domain)
-        return await self._submit(_op_retry_now, (where, params, now), False)
-
-    async def drop_deliveries(
-        self, now: float, *, message_id: str | None = None, zone: str | None = None, domain: str | None = None
-    ) -> int:
-        where, params = _selector(message_id, zone, domain)
-        return await self._submit(_op_drop, (where, params, now), True)
-
+    # -- the suppression list ---------------------------------------------------------------
     async def add_suppression(
         self, *, address: str | None = None, domain: str | None = None
     ) -> SuppressionEntry:
-        if (address is None) == (domain is None):
-            raise ValueError("give exactly one of address or domain")
-        kind, value = ("address", address) if address is not None else ("domain", domain)
-        assert value is not None
-        value = value.strip().lower()
-        if not value:
-            raise ValueError(f"empty {kind}")
-        entry: SuppressionEntry = await self._submit(_op_add_suppression, (kind, value, time.time()), True)
+        entry = await super().add_suppression(address=address, domain=domain)
         self._suppression_empty_until = 0.0
         return entry
 
     async def list_suppressions(self, limit: int = 10000) -> list[SuppressionEntry]:
         return await self._read(_read_suppressions, limit)
-
-    async def delete_suppression(self, entry_id: str) -> bool:
-        return await self._submit(_op_delete_suppression, (entry_id,), True)
 
     async def is_suppressed(self, recipients: Iterable[str]) -> set[str]:
         rcpts = list(recipients)
@@ -1133,13 +1019,3 @@ class SqliteStore(QueueStore):
         if empty:
             self._suppression_empty_until = time.monotonic() + _EMPTY_SUPPRESSION_TTL
         return found
-
-
-def _resolve(items: list[_Settled]) -> None:
-    for fut, exc, result in items:
-        if fut.done():  # the waiter was cancelled; the write happened anyway
-            continue
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(result)
