@@ -17,9 +17,11 @@ import os
 import signal
 import sys
 import time
+from functools import partial
 
 from zonerelay import metrics
 from zonerelay.api.server import ApiServer
+from zonerelay.bounces.events import dropped_notices
 from zonerelay.bounces.notify import Notifier
 from zonerelay.cluster import ClusterMember
 from zonerelay.config import Config
@@ -105,7 +107,7 @@ class Relay:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.store = open_store(config)
-        self.pipeline = IngestPipeline(self.store, config)
+        self.pipeline = IngestPipeline(self.store, config, drop_notices=partial(dropped_notices, config))
         self.interfaces = [
             SmtpInterface(name, iface, self.pipeline, config.effective_hostname)
             for name, iface in config.smtp.items()

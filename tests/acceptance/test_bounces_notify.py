@@ -10,6 +10,7 @@ import hmac
 import json
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -209,3 +210,38 @@ async def test_webhooks_survive_failures_downtime_and_kill_9(
         arrived = [(e["seq"], e["event"]) for p, e, _ in webhook_receiver.events()
                    if p == "/events" and e["id"] == queue_id]  # fmt: skip
         assert list(dict.fromkeys(arrived)) == recorded  # (a repeat after kill -9 is allowed)
+
+
+def test_suppressed_recipients_are_reported_as_dropped_events(
+    relay: RelayFactory,
+    dns_server: DnsServer,
+    recording_receiver: ReceiverFactory,
+    webhook_receiver: WebhookReceiver,
+) -> None:
+    receiver = recording_receiver("127.0.0.54")
+    dns_server.add_mx("example.test", "mx.example.test").add_a("mx.example.test", receiver.host).start()
+    r = relay({
+        "dns": {"nameservers": [dns_server.address], "timeout": 2},
+        "zones": {"default": {"port": receiver.port}},
+        "webhooks": {"events_url": f"http://127.0.0.1:{webhook_receiver.port}/events"},
+    })  # fmt: skip
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{r.api_port}/suppressionlist",
+        data=json.dumps({"address": "gone@example.test"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+    queue_id = r.send("sender@example.com", ["ok@example.test", "gone@example.test"], MESSAGE)
+
+    def events() -> dict[str, dict[str, Any]]:
+        return {e["seq"]: e for p, e, _ in webhook_receiver.events() if e["id"] == queue_id}
+
+    wait_until(lambda: {"001", "002"} <= set(events()), 30, lambda: (events(), r.log()[-3000:]))
+    dropped = events()["002"]
+    assert (dropped["event"], dropped["recipient"]) == ("dropped", "gone@example.test")
+    assert dropped["zone"] == "default"
+    assert dropped["subject"] == "Quarterly report"
+    assert events()["001"]["event"] == "delivered"
+    [got] = receiver.messages
+    assert got.rcpt_tos == ("ok@example.test",)

@@ -693,6 +693,29 @@ class StoreContract:
         assert await store.outbox_backlog() == {}
         assert await store.outbox_due(("webhook", "dsn"), T0 + 1000) == []
 
+    async def test_notices_are_committed_with_the_message(self, store: QueueStore) -> None:
+        dropped = Notice("webhook", {"event": "dropped", "seq": "002"})
+        writer = await store.new_body("1a2b3c4d5e6f708192")
+        await writer.write(b"body\r\n")
+        message = NewMessage(
+            id="1a2b3c4d5e6f708192",
+            sender="sender@example.org",
+            recipients=("a@example.com", "b@example.com"),
+            headers=HEADERS,
+            body_size=6,
+            meta={},
+            created=T0,
+            not_before=T0,
+            deliveries=(NewDelivery("001", "a@example.com", "example.com", "default"),),
+            notices=(dropped,),
+        )
+        await store.commit_message(message)
+        [entry] = await store.outbox_due(("webhook",), T0 + 1)
+        assert (entry.message_id, entry.payload) == (message.id, dropped.payload)
+        with pytest.raises(MessageExists):  # a refused commit stores no notice either
+            await store.commit_message(message)
+        assert await store.outbox_backlog() == {"webhook": 1}
+
     # -- ids ----------------------------------------------------------------------------
     async def test_queue_ids(self) -> None:
         before = time.time()

@@ -32,6 +32,36 @@ def event_payload(
     }
 
 
+def dropped_notices(config: Config, dropped: list[dict[str, str]], now: float) -> tuple[Notice, ...]:
+    """``dropped`` webhook events for recipients removed at ingest (suppression list).
+
+    Stored with the message itself (NewMessage.notices), so they are as durable as the 250.
+    """
+    if not config.webhooks.events_url:
+        return ()
+    return tuple(
+        Notice(
+            WEBHOOK_EVENTS,
+            {
+                "event": "dropped",
+                "seq": d["seq"],
+                "recipient": d["recipient"],
+                "zone": d["zone"],
+                "category": None,
+                "action": None,
+                "code": None,
+                "status": None,
+                "reason": "suppressed",
+                "response": "Recipient is on the suppression list; not delivered",
+                "mx": None,
+                "local_address": None,
+                "time": now,
+            },
+        )
+        for d in dropped
+    )
+
+
 def notices_for(
     config: Config,
     delivery: Delivery,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ from zonerelay.ingest.headers import (
     parsed_envelope,
 )
 from zonerelay.smtp.replies import Reply
-from zonerelay.store.base import BodyWriter, NewDelivery, NewMessage, QueueStore
+from zonerelay.store.base import BodyWriter, NewDelivery, NewMessage, Notice, QueueStore
 from zonerelay.store.ids import new_queue_id, seq
 from zonerelay.zones.routing import SENDING_ZONE_HEADER, Router, UnknownZone
 
@@ -45,6 +46,10 @@ log = logging.getLogger("zonerelay.ingest")
 CHUNK_SIZE = 256 * 1024
 
 HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header section too large")
+
+
+#: (dropped recipients as {"seq", "recipient", "zone"}, now) -> notices stored with the message
+DropNotices = Callable[[list[dict[str, str]], float], tuple[Notice, ...]]
 
 
 class IngestRejected(Exception):
@@ -187,11 +192,15 @@ class Submission:
             raise IngestRejected(exc.reply) from None
         headers.remove(SENDING_ZONE_HEADER)  # an instruction to us, never passed on
         deliveries = []
+        dropped = []
         for n, rcpt in enumerate(self.recipients, start=1):
-            if rcpt in self.suppressed:
-                continue  # seq keeps the recipient's position; suppressed ones leave gaps
             domain = recipient_domain(rcpt)
+            if rcpt in self.suppressed:  # seq keeps the recipient's position; suppressed ones leave gaps
+                dropped.append({"seq": seq(n), "recipient": rcpt, "zone": zone_for(domain)})
+                continue
             deliveries.append(NewDelivery(seq=seq(n), recipient=rcpt, domain=domain, zone=zone_for(domain)))
+        drop_notices = self._pipeline.drop_notices
+        notices = drop_notices(dropped, self.received) if dropped and drop_notices else ()
         digests = self._hasher.digests()
         meta: dict[str, Any] = {
             "id": self.id,
@@ -242,6 +251,7 @@ class Submission:
             created=self.received,
             not_before=not_before,
             deliveries=tuple(deliveries),
+            notices=notices,
         )
 
     async def abort(self) -> None:
@@ -261,10 +271,19 @@ class Submission:
 class IngestPipeline:
     """Builds submissions for one store and configuration; shared by SMTP and HTTP."""
 
-    def __init__(self, store: QueueStore, config: Config, router: Router | None = None) -> None:
+    def __init__(
+        self,
+        store: QueueStore,
+        config: Config,
+        router: Router | None = None,
+        drop_notices: DropNotices | None = None,
+    ) -> None:
         self.store = store
         self.config = config
         self.router = router or Router(config)
+        # Notices (e.g. "dropped" webhook events) for recipients removed at ingest; set by
+        # the service so that ingest does not import the notification layer above it.
+        self.drop_notices = drop_notices
         self.max_header_size = 1024 * 1024
         self.accepted = 0
         self.dkim = DkimPolicy(config.dkim)

@@ -81,6 +81,9 @@ class NewMessage:
     created: float  # unix time
     not_before: float  # first attempt time (a future Date: header delays delivery)
     deliveries: tuple[NewDelivery, ...]
+    # Notifications born at submission (e.g. "dropped" webhook events of suppressed
+    # recipients), stored in the outbox in the same transaction as the message.
+    notices: tuple[Notice, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

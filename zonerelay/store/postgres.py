@@ -302,6 +302,12 @@ async def _op_commit(conn: Conn, m: NewMessage, recipients: str, meta: str) -> N
     assert row is not None
     size, inserted, existed = int(row[0]), row[1], row[2]
     if inserted:
+        if m.notices:
+            await conn.executemany(
+                "INSERT INTO outbox (kind, message_id, payload, created, attempts, next_try)"
+                " VALUES ($1, $2, $3, $4, 0, $4)",
+                [(n.kind, m.id, to_json(n.payload), m.created) for n in m.notices],
+            )
         return
     if existed:  # (the snapshot predates this statement's own insert)
         raise MessageExists(f"message {m.id} is already stored")

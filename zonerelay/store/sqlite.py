@@ -290,6 +290,12 @@ def _op_commit(conn: sqlite3.Connection, m: NewMessage, recipients: str, meta: s
     except sqlite3.IntegrityError as exc:
         raise StoreError(f"message {m.id} lists a delivery seq twice") from exc
     conn.execute("DELETE FROM pending_bodies WHERE message_id = ?", (m.id,))
+    if m.notices:
+        conn.executemany(
+            "INSERT INTO outbox (kind, message_id, payload, created, attempts, next_try)"
+            " VALUES (?, ?, ?, ?, 0, ?)",
+            [(n.kind, m.id, to_json(n.payload), m.created, m.created) for n in m.notices],
+        )
 
 
 def _op_claim(conn: sqlite3.Connection, sql: str, params: dict[str, Any]) -> list[Delivery]:
