@@ -10,6 +10,7 @@ import shutil
 import smtplib
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,6 +24,13 @@ from tests.fixtures.services import OwnPostgres, start_own_postgres
 
 RelayFactory = Callable[..., Relay]
 ReceiverFactory = Callable[..., RecordingReceiver]
+
+
+def scrape(relay: Relay) -> str:
+    """GET /metrics of one instance."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{relay.api_port}/metrics", timeout=10) as page:
+        text: str = page.read().decode()
+        return text
 
 
 def message(n: int) -> bytes:
@@ -105,6 +113,11 @@ async def test_two_instances_share_the_queue_and_survive_kill_9(
         assert time.monotonic() < deadline, (instances, a.log()[-3000:])
         await asyncio.sleep(0.1)
     assert instances["a"]["state"] == "live" and instances["b"]["state"] == "live"
+    # every instance's /metrics shows the whole cluster
+    page = await asyncio.to_thread(scrape, b)
+    assert 'zonerelay_instance_up{instance="a"} 1.0' in page
+    assert 'zonerelay_instance_up{instance="b"} 1.0' in page
+    assert 'zonerelay_instance_leases{instance="a"}' in page
     a.kill9()
     held_by_a = instances["a"]["leases"]
     slow.times = 0  # the receiver answers at once from now on
