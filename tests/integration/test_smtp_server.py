@@ -358,3 +358,20 @@ async def test_locked_store_answers_451_and_the_client_can_retry(start_server: S
     assert code == 451 and text.startswith(b"4.3.0")
     assert (await in_thread(server.port, send))[0] == 250
     assert (await store.stats()).messages == 1
+
+
+async def test_bcc_header_is_not_passed_on(start_server: Start) -> None:
+    server, store = await start_server()
+    message = (
+        b"From: s@example.com\r\nTo: a@example.net\r\nBcc: hidden@example.org\r\nSubject: x\r\n\r\nhi\r\n"
+    )
+
+    def send(c: smtplib.SMTP) -> dict[str, Any]:
+        return c.sendmail("s@example.com", ["a@example.net", "hidden@example.org"], message)
+
+    assert await in_thread(server.port, send) == {}
+    [first, _] = await store.list_deliveries()
+    stored = await store.get_message(first.id)
+    assert stored is not None
+    assert b"Bcc" not in stored.headers and b"hidden" not in stored.headers
+    assert stored.meta["parsedEnvelope"]["bcc"] == ["hidden@example.org"]

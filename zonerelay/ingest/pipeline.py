@@ -191,6 +191,10 @@ class Submission:
         except UnknownZone as exc:
             raise IngestRejected(exc.reply) from None
         headers.remove(SENDING_ZONE_HEADER)  # an instruction to us, never passed on
+        envelope = parsed_envelope(headers)
+        # Bcc recipients are in the envelope; the header would show them to everyone else
+        # (Postfix's cleanup and ZoneMTA remove it too). Kept in parsedEnvelope for operators.
+        headers.remove("bcc")
         deliveries = []
         dropped = []
         for n, rcpt in enumerate(self.recipients, start=1):
@@ -223,7 +227,7 @@ class Submission:
             "addedHeaders": added,
             "messageId": headers.get("message-id"),
             "date": headers.get("date"),
-            "parsedEnvelope": parsed_envelope(headers),
+            "parsedEnvelope": envelope,
             "bodySize": self._body_size,
             "suppressed": [r for r in self.recipients if r in self.suppressed],
             # What delivery must ask the receiver for: SMTPUTF8 only when something non-ASCII
