@@ -155,46 +155,58 @@ class Transport:
                 if source.address:  # known even when the connection fails (blocklist parking)
                     details["local_address"] = source.address
                 key: PoolKey = (zone_name, source.address, address, zone.port, dest.group)
-                started = time.monotonic()
-                try:
-                    client, reused = await self._connection(
-                        key, host.hostname, address, zone.port, source=source, dest=dest
-                    )
-                except SmtpClientError as exc:
-                    last_error = verdict_for_error(exc, {**details, "stage": exc.stage})
-                    if not exc.transient and exc.reply is not None and exc.stage != "connect":
-                        return {d.key: last_error for d in deliveries}
-                    continue
-                details.update(self._connection_details(client, reused))
-                try:
-                    verdicts = await self._transaction(client, message, deliveries, details)
-                except SmtpClientError as exc:
-                    client.close()
-                    self.limits.discard(client)
-                    if reused and exc.stage == "mail" and exc.reply is None:
-                        # A pooled connection the receiver had closed: try a fresh one.
-                        try:
-                            client, reused = await self._connection(
-                                key, host.hostname, address, zone.port, source=source, dest=dest, fresh=True
-                            )
-                            details.update(self._connection_details(client, reused))
-                            verdicts = await self._transaction(client, message, deliveries, details)
-                        except SmtpClientError as retry_exc:
-                            client.close()
-                            self.limits.discard(client)
-                            exc = retry_exc
-                        else:
-                            await self._finish(key, client, started, verdicts)
-                            return verdicts
-                    last_error = verdict_for_error(exc, {**details, "stage": exc.stage})
-                    if exc.stage in ("connect", "ehlo", "mail") and exc.transient:
-                        continue  # the receiver is not taking mail now: try the next MX
-                    return {d.key: last_error for d in deliveries}
-                await self._finish(key, client, started, verdicts)
-                return verdicts
+                outcome = await self._try_host(key, host.hostname, source, dest, message, deliveries, details)
+                if isinstance(outcome, dict):
+                    return outcome
+                connecting, exc = outcome
+                last_error = verdict_for_error(exc, {**details, "stage": exc.stage})
+                if connecting:  # next address, unless the receiver refused us outright
+                    if exc.transient or exc.reply is None or exc.stage == "connect":
+                        continue
+                elif exc.stage in ("connect", "ehlo", "mail") and exc.transient:
+                    continue  # the receiver is not taking mail now: try the next MX
+                return {d.key: last_error for d in deliveries}
         if last_error is None:
             last_error = Verdict("deferred", "451 4.4.1 No MX host could be reached", base)
         return {d.key: last_error for d in deliveries}
+
+    async def _try_host(
+        self,
+        key: PoolKey,
+        mx: str,
+        source: Source,
+        dest: Destination,
+        message: StoredMessage,
+        deliveries: list[Delivery],
+        details: dict[str, Any],
+    ) -> dict[tuple[str, str], Verdict] | tuple[bool, SmtpClientError]:
+        """One transaction with one receiving address: verdicts, or (while connecting?, the
+        error that ended it).
+
+        A pooled connection that the receiver closed while it sat idle fails at MAIL with no
+        reply; that says nothing about the receiver, so it is tried once more on a fresh one.
+        """
+        _zone, _local, address, port, _group = key
+        started = time.monotonic()
+        for fresh in (False, True):
+            try:
+                client, reused = await self._connection(
+                    key, mx, address, port, source=source, dest=dest, fresh=fresh
+                )
+            except SmtpClientError as exc:
+                return True, exc
+            details.update(self._connection_details(client, reused))
+            try:
+                verdicts = await self._transaction(client, message, deliveries, details)
+            except SmtpClientError as exc:
+                client.close()
+                self.limits.discard(client)
+                if reused and exc.stage == "mail" and exc.reply is None:
+                    continue
+                return False, exc
+            await self._finish(key, client, started, verdicts)
+            return verdicts
+        raise AssertionError("unreachable: a fresh connection is never reused")  # pragma: no cover
 
     async def _finish(
         self, key: PoolKey, client: SmtpClient, started: float, verdicts: dict[tuple[str, str], Verdict]
