@@ -19,22 +19,71 @@ def load_corpus() -> list[dict[str, str]]:
     return cases
 
 
-def test_corpus_accuracy_meets_the_bar() -> None:
-    cases = load_corpus()
-    wrong_category = [c for c in cases if classify(c["reply"]).category != c["category"]]
-    wrong_action = [c for c in cases if classify(c["reply"]).action != c["action"]]
-    category_ok = 1 - len(wrong_category) / len(cases)
-    action_ok = 1 - len(wrong_action) / len(cases)
-    assert category_ok >= 0.95, [(c["reply"], c["category"]) for c in wrong_category]
-    assert action_ok >= 0.98, [(c["reply"], c["action"]) for c in wrong_action]
+def load_cases(name: str) -> list[dict[str, str]]:
+    cases: list[dict[str, str]] = tomllib.loads((CORPUS.parent / name).read_text("utf-8"))["case"]
+    return cases
 
 
-def test_held_out_replies_the_rules_were_not_tuned_on() -> None:
-    """Measured once the rules were frozen (31/33 categories, 33/33 actions); a floor, not a target."""
-    cases: list[dict[str, str]] = tomllib.loads((CORPUS.parent / "bounce_holdout.toml").read_text())["case"]
-    category_ok = sum(classify(c["reply"]).category == c["category"] for c in cases) / len(cases)
-    action_ok = sum(classify(c["reply"]).action == c["action"] for c in cases) / len(cases)
-    assert category_ok >= 0.9 and action_ok >= 0.97, (category_ok, action_ok)
+def accuracy(cases: list[dict[str, str]]) -> tuple[int, int, list[tuple[str, str, str]]]:
+    """(right categories, right actions, misses as (reply, expected, got))."""
+    category_ok = action_ok = 0
+    misses = []
+    for case in cases:
+        result = classify(case["reply"])
+        category_ok += result.category == case["category"]
+        action_ok += result.action == case["action"]
+        if (result.category, result.action) != (case["category"], case["action"]):
+            misses.append(
+                (case["reply"], f"{case['category']}/{case['action']}", f"{result.category}/{result.action}")
+            )
+    return category_ok, action_ok, misses
+
+
+@pytest.mark.parametrize("name", ["bounce_corpus.toml", "bounce_holdout.toml"])
+def test_training_replies_are_all_classified_right(name: str) -> None:
+    """The rules are written from these two files (the first held-out set became training data)."""
+    cases = load_cases(name)
+    category_ok, action_ok, misses = accuracy(cases)
+    assert (category_ok, action_ok) == (len(cases), len(cases)), misses
+
+
+# Second held-out set: 70 real replies collected and frozen before the rules were touched again,
+# never used to tune them. Measured (before and after the last rule change alike): 57/70 categories
+# (81.4 %), 65/70 actions (92.9 %) -- BELOW the issue's bar of 95 % / 98 %. The floor below guards
+# against regressions; the xfail test records that the bar is not met (the lead decides).
+HOLDOUT2_FLOOR = (57, 65)
+
+
+def test_second_held_out_set_floor() -> None:
+    cases = load_cases("bounce_holdout2.toml")
+    category_ok, action_ok, misses = accuracy(cases)
+    assert category_ok >= HOLDOUT2_FLOOR[0], misses
+    assert action_ok >= HOLDOUT2_FLOOR[1], misses
+
+
+@pytest.mark.xfail(
+    strict=True, reason="holdout2 measures 81.4 % category / 92.9 % action, below the issue's bar"
+)
+def test_second_held_out_set_meets_the_issue_bar() -> None:
+    cases = load_cases("bounce_holdout2.toml")
+    category_ok, action_ok, misses = accuracy(cases)
+    assert category_ok / len(cases) >= 0.95 and action_ok / len(cases) >= 0.98, misses
+
+
+def test_second_held_out_set_is_well_formed() -> None:
+    cases = load_cases("bounce_holdout2.toml")
+    assert len(cases) >= 50
+    providers = {c["provider"] for c in cases}
+    for required in ("gmail", "microsoft", "yahoo", "icloud", "gmx", "web.de", "mail.ru", "yandex",
+                     "proofpoint", "mimecast", "barracuda", "spamhaus", "spamcop", "postfix", "exim",
+                     "sendmail", "exchange"):  # fmt: skip
+        assert required in providers, required
+    for case in cases:
+        assert case["source"].strip(), case
+        assert case["category"] in CATEGORIES, case
+        temporary = case["reply"][0] == "4"
+        retried = case["category"] in {"blacklist", "rate_limit", "mailbox_full"}
+        assert case["action"] == ("defer" if temporary or retried else "reject"), case
 
 
 def test_corpus_covers_the_providers_and_every_category() -> None:
