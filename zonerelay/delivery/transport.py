@@ -118,10 +118,10 @@ class Transport:
         try:
             hosts = await self.resolver.resolve(domain, ignore_ipv6=zone.ignore_ipv6)
         except DnsPermanentError as exc:
-            verdict = Verdict("bounced", f"550 {exc.status} {exc}", {**base, "stage": "dns"})
+            verdict = Verdict("bounced", f"550 {exc}", {**base, "stage": "dns"})
             return {d.key: verdict for d in deliveries}
         except DnsTemporaryError as exc:
-            verdict = Verdict("deferred", f"451 {exc.status} {exc}", {**base, "stage": "dns"})
+            verdict = Verdict("deferred", f"451 {exc}", {**base, "stage": "dns"})
             return {d.key: verdict for d in deliveries}
         dest = destination(self.config, zone_name, domain, [h.hostname for h in hosts])
         await self.limits.take_rate(dest)  # waits; holds no connection meanwhile
