@@ -47,27 +47,64 @@ def test_training_replies_are_all_classified_right(name: str) -> None:
     assert (category_ok, action_ok) == (len(cases), len(cases)), misses
 
 
-# Second held-out set: 70 real replies collected and frozen before the rules were touched again,
-# never used to tune them. Measured (before and after the last rule change alike): 57/70 categories
-# (81.4 %), 65/70 actions (92.9 %) -- BELOW the issue's bar of 95 % / 98 %. The floor below guards
-# against regressions; the xfail test records that the bar is not met (the lead decides).
-HOLDOUT2_FLOOR = (57, 65)
+# Second held-out set (holdout2): held out for one measurement (57/70 categories, 65/70 actions),
+# then turned into training data. One reply cannot be right under both files' labels: the iCloud
+# "domain present in the Spamhaus DBL" text is labelled spam in bounce_corpus.toml and blacklist in
+# bounce_holdout2.toml (identical reply, conflicting labels); the rules follow the corpus.
+HOLDOUT2_LABEL_CONFLICTS = {
+    "550 5.7.1 Your email was rejected due to having a domain present in the Spamhaus DBL -- see "
+    "https://www.spamhaus.org/dbl/"
+}
 
 
-def test_second_held_out_set_floor() -> None:
+def test_second_held_out_set_is_training_data_now() -> None:
     cases = load_cases("bounce_holdout2.toml")
     category_ok, action_ok, misses = accuracy(cases)
-    assert category_ok >= HOLDOUT2_FLOOR[0], misses
-    assert action_ok >= HOLDOUT2_FLOOR[1], misses
+    assert {reply for reply, _, _ in misses} == HOLDOUT2_LABEL_CONFLICTS, misses
+    assert (category_ok, action_ok) == (len(cases) - 1, len(cases) - 1), misses
+
+
+# Third held-out set: 61 real replies collected, labelled without running the classifier and frozen
+# before the rules were tuned on holdout2; never used to tune them. Measured once: 41/61 categories
+# (67.2 %), 59/61 actions (96.7 %) -- BELOW the issue's bar of 95 % / 98 %. The floor guards against
+# regressions; the strict xfail records that the bar is not met (the lead decides).
+HOLDOUT3_FLOOR = (41, 59)
+
+
+def test_third_held_out_set_floor() -> None:
+    cases = load_cases("bounce_holdout3.toml")
+    category_ok, action_ok, misses = accuracy(cases)
+    assert category_ok >= HOLDOUT3_FLOOR[0], misses
+    assert action_ok >= HOLDOUT3_FLOOR[1], misses
 
 
 @pytest.mark.xfail(
-    strict=True, reason="holdout2 measures 81.4 % category / 92.9 % action, below the issue's bar"
+    strict=True, reason="holdout3 measures 67.2 % category / 96.7 % action, below the issue's bar"
 )
-def test_second_held_out_set_meets_the_issue_bar() -> None:
-    cases = load_cases("bounce_holdout2.toml")
+def test_third_held_out_set_meets_the_issue_bar() -> None:
+    cases = load_cases("bounce_holdout3.toml")
     category_ok, action_ok, misses = accuracy(cases)
     assert category_ok / len(cases) >= 0.95 and action_ok / len(cases) >= 0.98, misses
+
+
+def test_third_held_out_set_is_well_formed() -> None:
+    cases = load_cases("bounce_holdout3.toml")
+    assert len(cases) >= 60
+    providers = {c["provider"] for c in cases}
+    for required in ("gmail", "microsoft", "yahoo", "aol", "icloud", "gmx", "web.de", "mail.ru",
+                     "yandex", "proofpoint", "mimecast", "barracuda", "spamhaus", "postfix", "exim",
+                     "sendmail", "exchange"):  # fmt: skip
+        assert required in providers, required
+    replies = {c["reply"] for c in cases}
+    assert len(replies) == len(cases)
+    for other in ("bounce_corpus.toml", "bounce_holdout.toml", "bounce_holdout2.toml"):
+        assert not replies & {c["reply"] for c in load_cases(other)}, other
+    for case in cases:
+        assert case["source"].strip(), case
+        assert case["category"] in CATEGORIES, case
+        temporary = case["reply"][0] == "4"
+        retried = case["category"] in {"blacklist", "rate_limit", "mailbox_full"}
+        assert case["action"] == ("defer" if temporary or retried else "reject"), case
 
 
 def test_second_held_out_set_is_well_formed() -> None:
