@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,6 +88,15 @@ def test_third_held_out_set_meets_the_issue_bar() -> None:
     assert category_ok / len(cases) >= 0.95 and action_ok / len(cases) >= 0.98, misses
 
 
+def assert_well_formed(case: dict[str, Any]) -> None:
+    """A labelled reply: a source, a known category, and the action the issue's rule gives."""
+    assert case["source"].strip(), case
+    assert case["category"] in CATEGORIES, case
+    temporary = case["reply"][0] == "4"
+    retried = case["category"] in {"blacklist", "rate_limit", "mailbox_full"}
+    assert case["action"] == ("defer" if temporary or retried else "reject"), case
+
+
 def test_third_held_out_set_is_well_formed() -> None:
     cases = load_cases("bounce_holdout3.toml")
     assert len(cases) >= 60
@@ -100,11 +110,7 @@ def test_third_held_out_set_is_well_formed() -> None:
     for other in ("bounce_corpus.toml", "bounce_holdout.toml", "bounce_holdout2.toml"):
         assert not replies & {c["reply"] for c in load_cases(other)}, other
     for case in cases:
-        assert case["source"].strip(), case
-        assert case["category"] in CATEGORIES, case
-        temporary = case["reply"][0] == "4"
-        retried = case["category"] in {"blacklist", "rate_limit", "mailbox_full"}
-        assert case["action"] == ("defer" if temporary or retried else "reject"), case
+        assert_well_formed(case)
 
 
 def test_second_held_out_set_is_well_formed() -> None:
@@ -116,11 +122,7 @@ def test_second_held_out_set_is_well_formed() -> None:
                      "sendmail", "exchange"):  # fmt: skip
         assert required in providers, required
     for case in cases:
-        assert case["source"].strip(), case
-        assert case["category"] in CATEGORIES, case
-        temporary = case["reply"][0] == "4"
-        retried = case["category"] in {"blacklist", "rate_limit", "mailbox_full"}
-        assert case["action"] == ("defer" if temporary or retried else "reject"), case
+        assert_well_formed(case)
 
 
 def test_corpus_covers_the_providers_and_every_category() -> None:

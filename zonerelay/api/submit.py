@@ -6,7 +6,6 @@ passes a line-ending normaliser first."""
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import re
 from typing import Any
@@ -15,7 +14,7 @@ from aiohttp import web
 
 from zonerelay.api.compose import MAX_RECIPIENTS, compose, parse_request, valid_mailbox
 from zonerelay.api.context import context
-from zonerelay.api.errors import ApiError
+from zonerelay.api.errors import ApiError, json_object
 from zonerelay.ingest.headers import Headers, HeaderSplitter, HeaderTooLarge, parsed_envelope
 from zonerelay.ingest.pipeline import CHUNK_SIZE, IngestRejected, SessionInfo, Submission
 from zonerelay.zones.routing import SENDING_ZONE_HEADER
@@ -119,14 +118,7 @@ async def send_json(request: web.Request) -> web.Response:
     max_size = context(request).max_size
     if request.content_length is not None and request.content_length > max_size * 4 // 3 + 65536:
         raise ApiError(413, "too_large", f"the message exceeds {max_size} bytes")
-    raw = await request.read()
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ApiError(400, "invalid_json", f"the body is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "invalid_json", "the body must be a JSON object")
-    req = parse_request(data)
+    req = parse_request(await json_object(request))
     check_zone(req.headers, frozenset(pipeline.config.zones))
     session = session_info(request)
     message = compose(req, pipeline.config.effective_hostname)

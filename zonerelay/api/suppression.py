@@ -6,15 +6,13 @@ counted in zonemta_message_drop; see IngestPipeline's suppression stage.
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any
 
 from aiohttp import web
 
 from zonerelay.api.compose import valid_mailbox
 from zonerelay.api.context import context
-from zonerelay.api.errors import ApiError
+from zonerelay.api.errors import ApiError, json_object
 from zonerelay.store.base import SuppressionEntry
 
 _DOMAIN = re.compile(r"(?=.{1,253}\Z)[^\s@<>\[\]\"\\,;:.]+(?:\.[^\s@<>\[\]\"\\,;:.]+)*")
@@ -26,24 +24,13 @@ def entry_json(entry: SuppressionEntry) -> dict[str, str]:
     return {"id": entry.id, "domain": entry.domain or ""}
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ApiError(400, "invalid_json", f"the body is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "invalid_json", "the body must be a JSON object")
-    return data
-
-
 async def list_entries(request: web.Request) -> web.Response:
     store = context(request).store
     return web.json_response({"suppressed": [entry_json(e) for e in await store.list_suppressions()]})
 
 
 async def add_entry(request: web.Request) -> web.Response:
-    data = await _json_object(request)
+    data = await json_object(request)
     unknown = set(data) - {"address", "domain"}
     if unknown:
         raise ApiError(400, "invalid_field", f"unknown field {sorted(unknown)[0]!r}")
@@ -63,7 +50,7 @@ async def add_entry(request: web.Request) -> web.Response:
 
 
 async def delete_entry(request: web.Request) -> web.Response:
-    data = await _json_object(request)
+    data = await json_object(request)
     entry_id = data.get("id")
     if not isinstance(entry_id, str) or not entry_id:
         raise ApiError(400, "invalid_field", "id (a string) is required")
