@@ -15,22 +15,14 @@ import aiohttp
 
 from tests.fixtures.dns import DnsServer
 from tests.fixtures.receivers import RecordingReceiver
-from tests.fixtures.relay import Relay
+from tests.fixtures.relay import Relay, route_to
 
 RelayFactory = Callable[..., Relay]
 ReceiverFactory = Callable[..., RecordingReceiver]
 
 
 def settings(dns: DnsServer, receiver: RecordingReceiver, **extra: Any) -> dict[str, Any]:
-    dns.add_mx("example.test", "mx.example.test", 10)
-    dns.add_a("mx.example.test", receiver.host)
-    dns.start()
-    return {
-        "dns": {"nameservers": [dns.address], "timeout": 2},
-        "zones": {"default": {"port": receiver.port}},
-        "queue": {"workers": 2},
-        **extra,
-    }
+    return {**route_to(dns, receiver), "queue": {"workers": 2}, **extra}
 
 
 async def call(r: Relay, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:

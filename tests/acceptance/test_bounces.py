@@ -9,7 +9,7 @@ from typing import Any
 
 from tests.fixtures.dns import DnsServer
 from tests.fixtures.receivers import RecordingReceiver
-from tests.fixtures.relay import Relay
+from tests.fixtures.relay import Relay, route_to
 from zonerelay.config.model import PoolAddressConfig
 from zonerelay.zones.pools import ranked, weights
 
@@ -20,16 +20,6 @@ MESSAGE = (
     b"From: Sender <sender@example.com>\r\nTo: rcpt@example.test\r\nSubject: bounces\r\n"
     b"Message-ID: <bounce-test@example.com>\r\n\r\nHello\r\n"
 )
-
-
-def setup(dns: DnsServer, receiver: RecordingReceiver, domain: str = "example.test") -> dict[str, Any]:
-    dns.add_mx(domain, f"mx.{domain}", 10)
-    dns.add_a(f"mx.{domain}", receiver.host)
-    dns.start()
-    return {
-        "dns": {"nameservers": [dns.address], "timeout": 2},
-        "zones": {"default": {"port": receiver.port}},
-    }
 
 
 def by_recipient(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -51,7 +41,7 @@ async def test_every_rejection_is_classified_and_acted_on(
     receiver.respond("rcpt", "552 5.2.2 <full@example.test>: user is over quota", rcpt="full@example.test")
     receiver.respond("rcpt", "450 4.2.0 Greylisted, see http://postgrey.example/", rcpt="grey@example.test")
     receiver.respond("rcpt", "550 5.7.1 Message rejected under suspicion of SPAM", rcpt="spam@example.test")
-    r = relay(setup(dns_server, receiver))
+    r = relay(route_to(dns_server, receiver))
     rcpts = ["ok@example.test", "nobody@example.test", "full@example.test", "grey@example.test",
              "spam@example.test"]  # fmt: skip
     queue_id = r.send("sender@example.com", rcpts, MESSAGE)
@@ -83,7 +73,7 @@ async def test_blocklisted_source_ip_is_parked_and_the_other_pool_address_carrie
         f"https://www.spamhaus.org/query/ip/{first}",
         peer=first,
     )
-    settings = setup(dns_server, receiver)
+    settings = route_to(dns_server, receiver)
     settings["zones"]["default"]["pool"] = [{"address": a} for a in pool]
     r = relay(settings)
     started = time.monotonic()
@@ -136,7 +126,7 @@ async def test_rate_limited_destination_slows_down_then_recovers(
 ) -> None:
     receiver = recording_receiver("127.0.0.33")
     receiver.respond("rcpt", "450 4.7.1 Error: too much mail from 127.0.0.1", times=1)
-    settings = setup(dns_server, receiver)
+    settings = route_to(dns_server, receiver)
     settings["bounces"] = {"rate_limit_pause": "2s"}
     r = relay(settings)
     started = time.monotonic()
@@ -159,7 +149,7 @@ async def test_deferral_past_the_maximum_queue_time_bounces_with_its_last_catego
 ) -> None:
     receiver = recording_receiver("127.0.0.34")
     receiver.respond("rcpt", "451 4.7.1 Greylisting in action, please come back later")
-    settings = setup(dns_server, receiver)
+    settings = route_to(dns_server, receiver)
     settings["queue"] = {"max_queue_time": "2s", "defer_times": [0.01]}
     r = relay(settings)
     queue_id = r.send("sender@example.com", ["rcpt@example.test"], MESSAGE)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
 
 from tests.fixtures.dns import DnsServer
 from tests.fixtures.receivers import RecordingReceiver
-from tests.fixtures.relay import Relay
+from tests.fixtures.relay import Relay, route_to
 
 RelayFactory = Callable[..., Relay]
 ReceiverFactory = Callable[..., RecordingReceiver]
@@ -28,21 +27,11 @@ def message(subject: str = "test", body: bytes = BODY, extra: bytes = b"") -> by
     )
 
 
-def setup(dns: DnsServer, receiver: RecordingReceiver, domain: str = "example.test") -> dict[str, Any]:
-    dns.add_mx(domain, f"mx.{domain}", 10)
-    dns.add_a(f"mx.{domain}", receiver.host)
-    dns.start()
-    return {
-        "dns": {"nameservers": [dns.address], "timeout": 2},
-        "zones": {"default": {"port": receiver.port}},
-    }
-
-
 async def test_message_is_delivered_byte_for_byte_with_a_received_header(
     relay: RelayFactory, dns_server: DnsServer, recording_receiver: ReceiverFactory
 ) -> None:
     receiver = recording_receiver("127.0.0.2")
-    r = relay(setup(dns_server, receiver))
+    r = relay(route_to(dns_server, receiver))
     queue_id = r.send("sender@example.com", ["rcpt@example.test", "other@example.test"], message())
     [got] = await receiver.wait_messages(1, within=20)
     assert got.mail_from == "sender@example.com"
@@ -65,7 +54,7 @@ async def test_starttls_is_used_when_the_receiver_offers_it(
     relay: RelayFactory, dns_server: DnsServer, recording_receiver: ReceiverFactory
 ) -> None:
     receiver = recording_receiver("127.0.0.3", tls=True)
-    r = relay(setup(dns_server, receiver))
+    r = relay(route_to(dns_server, receiver))
     queue_id = r.send("sender@example.com", ["rcpt@example.test"], message())
     [got] = await receiver.wait_messages(1, within=20)
     assert got.tls
@@ -77,7 +66,7 @@ async def test_broken_tls_falls_back_to_plain_text(
     relay: RelayFactory, dns_server: DnsServer, recording_receiver: ReceiverFactory
 ) -> None:
     receiver = recording_receiver("127.0.0.3", broken_tls=True)
-    r = relay(setup(dns_server, receiver))
+    r = relay(route_to(dns_server, receiver))
     queue_id = r.send("sender@example.com", ["rcpt@example.test"], message())
     [got] = await receiver.wait_messages(1, within=20)
     assert not got.tls
@@ -90,7 +79,7 @@ async def test_soft_failures_are_deferred_and_hard_failures_bounced(
     receiver = recording_receiver("127.0.0.4")
     receiver.respond("rcpt", "450 4.2.1 Mailbox busy, try later", rcpt="busy@example.test")
     receiver.respond("rcpt", "550 5.1.1 No such user", rcpt="nobody@example.test")
-    r = relay(setup(dns_server, receiver))
+    r = relay(route_to(dns_server, receiver))
     before = time.time()
     queue_id = r.send(
         "sender@example.com", ["ok@example.test", "busy@example.test", "nobody@example.test"], message()
@@ -116,7 +105,7 @@ async def test_dns_failures(
 ) -> None:
     receiver = recording_receiver("127.0.0.5")
     dns_server.null_mx("nullmx.test")
-    settings = setup(dns_server, receiver)
+    settings = route_to(dns_server, receiver)
     r = relay(settings)
     queue_id = r.send("sender@example.com", ["a@nullmx.test", "b@nxdomain.test"], message())
     data = r.wait_status(queue_id, {"bounced"})
@@ -131,7 +120,7 @@ async def test_unreachable_mx_is_deferred_and_next_mx_is_tried(
     backup = recording_receiver("127.0.0.7")
     dns_server.add_mx("example.test", "dead.example.test", 5)
     dns_server.add_a("dead.example.test", "127.0.0.6")  # nothing listens there
-    settings = setup(dns_server, backup)
+    settings = route_to(dns_server, backup)
     r = relay(settings)
     queue_id = r.send("sender@example.com", ["rcpt@example.test"], message())
     await backup.wait_messages(1, within=20)
@@ -149,7 +138,7 @@ async def test_future_date_header_delays_delivery(
     relay: RelayFactory, dns_server: DnsServer, recording_receiver: ReceiverFactory
 ) -> None:
     receiver = recording_receiver("127.0.0.8")
-    r = relay(setup(dns_server, receiver))
+    r = relay(route_to(dns_server, receiver))
     later = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(time.time() + 3600))
     queue_id = r.send(
         "sender@example.com", ["rcpt@example.test"], message(extra=f"Date: {later}\r\n".encode())
@@ -165,7 +154,7 @@ async def test_utf8_recipient_needs_smtputf8_at_the_receiver(
     relay: RelayFactory, dns_server: DnsServer, recording_receiver: ReceiverFactory
 ) -> None:
     receiver = recording_receiver("127.0.0.9")
-    r = relay(setup(dns_server, receiver))
+    r = relay(route_to(dns_server, receiver))
     queue_id = r.send(
         "sender@example.com",
         ["андрис@example.test"],

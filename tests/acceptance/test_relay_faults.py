@@ -9,7 +9,7 @@ import pytest
 
 from tests.fixtures.dns import DnsServer
 from tests.fixtures.receivers import RecordingReceiver
-from tests.fixtures.relay import Relay
+from tests.fixtures.relay import Relay, route_to
 
 RelayFactory = Callable[..., Relay]
 ReceiverFactory = Callable[..., RecordingReceiver]
@@ -18,14 +18,7 @@ MESSAGE = b"From: s@example.com\r\nTo: r@example.test\r\nSubject: faults\r\n\r\n
 
 
 def start(relay: RelayFactory, dns: DnsServer, receiver: RecordingReceiver, **delivery: Any) -> Relay:
-    dns.add_mx("example.test", "mx.example.test").add_a("mx.example.test", receiver.host).start()
-    return relay(
-        {
-            "dns": {"nameservers": [dns.address], "timeout": 2},
-            "zones": {"default": {"port": receiver.port}},
-            "delivery": delivery,
-        }
-    )
+    return relay({**route_to(dns, receiver), "delivery": delivery})
 
 
 @pytest.mark.parametrize(
