@@ -60,11 +60,14 @@ class Rule:
     code: re.Pattern[str] | None = None
     status: re.Pattern[str] | None = None
     action: Action | None = None
+    unless: re.Pattern[str] | None = None
 
     def matches(self, text: str, code: int | None, status: str | None) -> bool:
         if self.code is not None and (code is None or not self.code.fullmatch(str(code))):
             return False
         if self.status is not None and (status is None or not self.status.fullmatch(status)):
+            return False
+        if self.unless is not None and self.unless.search(text) is not None:
             return False
         return self.pattern is None or self.pattern.search(text) is not None
 
@@ -137,7 +140,7 @@ def parse_rules(data: dict[str, Any], source: str) -> tuple[Rule, ...]:
         where = f"{source}: rule {index}"
         if not isinstance(item, dict):
             raise RulesError(f"{where}: expected a table")
-        unknown = set(item) - {"category", "message", "pattern", "code", "status", "action"}
+        unknown = set(item) - {"category", "message", "pattern", "code", "status", "action", "unless"}
         if unknown:
             raise RulesError(f"{where}: unknown key {sorted(unknown)[0]!r}")
         category = item.get("category")
@@ -153,6 +156,7 @@ def parse_rules(data: dict[str, Any], source: str) -> tuple[Rule, ...]:
             code=_compile(item.get("code"), where, "code"),
             status=_compile(item.get("status"), where, "status"),
             action=action,
+            unless=_compile(item.get("unless"), where, "unless"),
         )
         if rule.pattern is None and rule.code is None and rule.status is None:
             raise RulesError(f"{where}: needs a pattern, code or status")
