@@ -29,8 +29,9 @@ def main(argv: list[str]) -> int:
             cat_ok += got.category == case["category"]
             act_ok += got.action == case["action"]
             if show and (got.category, got.action) != (case["category"], case["action"]):
-                print(f"  [{case['provider']}] {case['category']}/{case['action']} got {got.category}/{got.action}:"
-                      f" {case['reply'][:300]!r}")
+                expected = f"{case['category']}/{case['action']}"
+                got_label = f"{got.category}/{got.action}"
+                print(f"  [{case['provider']}] {expected} got {got_label}: {case['reply'][:300]!r}")
         n = len(cases)
         print(f"{path.name}: {n} cases, category {cat_ok}/{n} = {100 * cat_ok / n:.1f} %,"
               f" action {act_ok}/{n} = {100 * act_ok / n:.1f} %")
