@@ -230,3 +230,29 @@ def test_unless_keeps_a_rule_off_replies_it_should_not_take(tmp_path: Path) -> N
     assert classifier.classify("554 5.7.1 Connection blocked").message == "Appliance block"
     # the operator's rule steps aside; the shipped rules decide
     assert classifier.classify("554 5.7.1 Sender address blocked").category == "policy"
+
+
+@pytest.mark.parametrize(
+    ("data", "category", "action"),
+    [
+        ("connect: cannot connect to 192.0.2.1:25: [Errno 111] Connection refused", "transient", "defer"),
+        ("connect: timed out after 30s", "transient", "defer"),
+        ("message: connection lost while sending data: [Errno 104] reset", "transient", "defer"),
+        ("ehlo: connection closed by the server", "transient", "defer"),
+        ("starttls: TLS handshake failed: [SSL: WRONG_VERSION_NUMBER]", "transient", "defer"),
+        ("starttls: server sent data after its 220 reply to STARTTLS", "transient", "defer"),
+        ("protocol: bad reply line b'HTTP/1.1 400'", "protocol", "defer"),
+        ("550 5.1.2 domain example.invalid does not exist", "dns", "reject"),
+        ("550 5.1.10 domain example.com accepts no mail (null MX)", "dns", "reject"),
+        ("451 4.4.3 DNS timeout looking up MX of example.com", "dns", "defer"),
+        ("451 4.4.1 No MX host could be reached", "transient", "defer"),
+        ("451 4.4.0 Zone bulk has no usable IPv6 source address for example.com", "other", "defer"),
+        ("553 5.6.7 The receiving server does not support SMTPUTF8", "protocol", "reject"),
+        ("552 5.3.4 Message size exceeds fixed maximum message size", "size", "reject"),
+        ("554 5.3.0 Message data is missing from the queue", "other", "reject"),
+    ],
+)
+def test_zonerelays_own_failure_texts(data: str, category: str, action: str) -> None:
+    """What the transport records when there is no remote reply (or it made one up) is classified too."""
+    result = classify(data)
+    assert (result.category, result.action) == (category, action)
