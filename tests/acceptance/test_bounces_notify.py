@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import email
+import email.message
 import email.policy
+import email.utils
 import hashlib
 import hmac
 import json
@@ -245,3 +247,89 @@ def test_suppressed_recipients_are_reported_as_dropped_events(
     assert events()["001"]["event"] == "delivered"
     [got] = receiver.messages
     assert got.rcpt_tos == ("ok@example.test",)
+
+
+def _report(
+    data: bytes,
+) -> tuple[email.message.EmailMessage, email.message.Message, list[email.message.Message]]:
+    """(the DSN, its per-message fields, its per-recipient field groups)."""
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(msg, email.message.EmailMessage)
+    per_message, *per_recipient = msg.get_payload()[1].get_payload()
+    return msg, per_message, per_recipient
+
+
+async def test_recipients_failing_seconds_apart_on_the_first_pass_share_one_dsn(
+    relay: RelayFactory, dns_server: DnsServer, recording_receiver: ReceiverFactory
+) -> None:
+    quick = recording_receiver("127.0.0.55")
+    slow = recording_receiver("127.0.0.56", port=quick.port)  # the zone's one port
+    senders_mx = recording_receiver("127.0.0.57", port=quick.port)
+    quick.respond("rcpt", "550 5.1.1 <nobody@a.test>: user unknown", rcpt="nobody@a.test")
+    slow.respond("rcpt", "550 5.1.1 <nobody@b.test>: user unknown", rcpt="nobody@b.test", hang=6)
+    for domain, receiver in (("a.test", quick), ("b.test", slow), ("example.com", senders_mx)):
+        dns_server.add_mx(domain, f"mx.{domain}").add_a(f"mx.{domain}", receiver.host)
+    dns_server.start()
+    r = relay({"dns": {"nameservers": [dns_server.address], "timeout": 2},
+               "zones": {"default": {"port": quick.port}}})  # fmt: skip
+    queue_id = r.send("sender@example.com", ["ok@a.test", "nobody@a.test", "nobody@b.test"], MESSAGE)
+    [dsn] = await senders_mx.wait_messages(1, within=30)
+    msg, per_message, per_recipient = _report(dsn.data)
+    assert msg["Subject"] == "Undelivered Mail Returned to Sender"
+    assert queue_id in per_message["X-Zonerelay-Queue-ID"]
+    recipients = {p["Final-Recipient"]: p for p in per_recipient}
+    assert set(recipients) == {"rfc822; nobody@a.test", "rfc822; nobody@b.test"}
+    assert {p["Action"] for p in per_recipient} == {"failed"}
+    first, second = (
+        email.utils.parsedate_to_datetime(recipients[f"rfc822; nobody@{d}.test"]["Last-Attempt-Date"])
+        for d in ("a", "b")
+    )
+    assert (second - first).total_seconds() >= 4  # they really did fail seconds apart
+    await asyncio.sleep(3)
+    assert len(senders_mx.messages) == 1  # and no second DSN for the later one
+
+
+async def test_delayed_dsn_once_per_recipient_while_retries_go_on(
+    relay: RelayFactory, dns_server: DnsServer, recording_receiver: ReceiverFactory
+) -> None:
+    destination = recording_receiver("127.0.0.58")
+    senders_mx = recording_receiver("127.0.0.59", port=destination.port)
+    for rcpt in ("slow1@example.test", "slow2@example.test"):
+        destination.respond("rcpt", "451 4.7.1 Greylisted, please try again later", rcpt=rcpt)
+    dns_server.add_mx("example.test", "mx.example.test").add_a("mx.example.test", destination.host)
+    dns_server.add_mx("example.com", "mx.example.com").add_a("mx.example.com", senders_mx.host)
+    dns_server.start()
+    r = relay({
+        "dns": {"nameservers": [dns_server.address], "timeout": 2},
+        "zones": {"default": {"port": destination.port}},
+        "queue": {"defer_times": [0.02], "max_queue_time": "1h"},  # a retry every 1.2 s
+        "bounces": {"delay_warning": "2s"},
+    })  # fmt: skip
+    queue_id = r.send("sender@example.com", ["ok@example.test", "slow1@example.test", "slow2@example.test"],
+                      MESSAGE)  # fmt: skip
+    [dsn] = await senders_mx.wait_messages(1, within=30)
+    assert dsn.mail_from == "<>" and dsn.rcpt_tos == ("sender@example.com",)
+    msg, per_message, per_recipient = _report(dsn.data)
+    assert msg["Subject"] == "Delayed Mail (still being retried)"
+    assert msg["Auto-Submitted"] == "auto-replied"
+    assert msg.get_content_type() == "multipart/report" and msg.get_param("report-type") == "delivery-status"
+    assert "still being retried" in msg.get_payload()[0].get_content()
+    assert queue_id in per_message["X-Zonerelay-Queue-ID"]
+    assert sorted(p["Final-Recipient"] for p in per_recipient) == [
+        "rfc822; slow1@example.test", "rfc822; slow2@example.test"]  # fmt: skip
+    arrival = email.utils.parsedate_to_datetime(per_message["Arrival-Date"])
+    for p in per_recipient:
+        assert (p["Action"], p["Status"]) == ("delayed", "4.7.1")
+        assert p["Diagnostic-Code"] == "smtp; 451 4.7.1 Greylisted, please try again later"
+        until = email.utils.parsedate_to_datetime(p["Will-Retry-Until"])
+        assert (until - arrival).total_seconds() == 3600  # queued time + max_queue_time
+
+    # retries go on; the warning is not repeated
+    def deferrals() -> int:
+        return sum(e["status"] == "deferred" and e["seq"] == "002" for e in r.show(queue_id)["events"])
+
+    warned_at = deferrals()
+    wait_until(lambda: deferrals() >= warned_at + 3, 20, lambda: r.log()[-3000:])
+    await asyncio.sleep(2)
+    assert len(senders_mx.messages) == 1
+    assert {m["status"] for m in r.show(queue_id)["messages"][1:]} == {"deferred"}

@@ -10,6 +10,7 @@ from zonerelay.store.base import Delivery, DeliveryStatus, Notice
 WEBHOOK_EVENTS = "webhook:events"  # every delivered/deferred/bounced event, to [webhooks] events_url
 WEBHOOK_BOUNCE = "webhook:bounce"  # bounced recipients, to [webhooks] bounce_url
 DSN = "dsn"  # bounced recipients, a DSN to the envelope sender
+DSN_DELAYED = "dsn:delayed"  # recipients still retried after [bounces] delay_warning
 
 
 def event_payload(
@@ -30,6 +31,18 @@ def event_payload(
         "local_address": details.get("local_address"),
         "time": now,
     }
+
+
+def crossed_delay_warning(delivery: Delivery, now: float, delay_warning: float) -> bool:
+    """True for the one attempt at which a delivery first has been queued ``delay_warning`` long.
+
+    The previous attempt (``last_attempt``, None before the first) was still under the limit and
+    this one is past it, so each delivery is warned about exactly once, with no state of its own.
+    """
+    if delay_warning <= 0:
+        return False
+    limit = delivery.created + delay_warning
+    return now >= limit and (delivery.last_attempt is None or delivery.last_attempt < limit)
 
 
 def dropped_notices(config: Config, dropped: list[dict[str, str]], now: float) -> tuple[Notice, ...]:
@@ -70,7 +83,8 @@ def notices_for(
     details: dict[str, Any],
     now: float,
 ) -> tuple[Notice, ...]:
-    """What to store with this outcome: webhook calls and a DSN request, as configured."""
+    """What to store with this outcome, as configured: webhook calls, a DSN request for a bounce,
+    and a "delayed" DSN request for the deferral that first passes ``[bounces] delay_warning``."""
     hooks = config.webhooks
     wanted = []
     if hooks.events_url:
@@ -80,7 +94,16 @@ def notices_for(
             wanted.append(WEBHOOK_BOUNCE)
         if config.bounces.dsn:
             wanted.append(DSN)
-    if not wanted:
+    delayed = (
+        status is DeliveryStatus.DEFERRED
+        and config.bounces.dsn
+        and crossed_delay_warning(delivery, now, config.bounces.delay_warning)
+    )
+    if not wanted and not delayed:
         return ()
     payload = event_payload(delivery, status, response, details, now)
-    return tuple(Notice(kind, payload) for kind in wanted)
+    notices = [Notice(kind, payload) for kind in wanted]
+    if delayed:
+        until = delivery.created + config.queue.max_queue_time
+        notices.append(Notice(DSN_DELAYED, {**payload, "will_retry_until": until}))
+    return tuple(notices)

@@ -6,6 +6,10 @@ after it was sent (the DSN committed to the queue, the webhook answered 2xx), so
 ``kill -9`` anywhere means at worst a second copy, never a lost one. Failed webhook calls are
 retried with back-off (5 s, 10 s, 20 s ... up to ``max_backoff``); a message's later events wait
 until its earlier ones are through, so each receiver sees a message's events in order.
+
+A message's bounce DSN waits until its first pass is over (``dsn_ready``), so every recipient
+that fails on it is in one DSN; a "delayed" DSN likewise waits for the message's other
+recipients that are about to pass ``delay_warning``. Neither waits longer than DSN_GROUP_MAX.
 """
 
 from __future__ import annotations
@@ -23,18 +27,26 @@ from typing import Any
 import aiohttp
 
 from zonerelay import metrics
-from zonerelay.bounces.dsn import DSN_INTERFACE, FailedRecipient, build_dsn, should_send_dsn
-from zonerelay.bounces.events import DSN, WEBHOOK_BOUNCE, WEBHOOK_EVENTS
+from zonerelay.bounces.dsn import DSN_INTERFACE, Action, FailedRecipient, build_dsn, should_send_dsn
+from zonerelay.bounces.events import DSN, DSN_DELAYED, WEBHOOK_BOUNCE, WEBHOOK_EVENTS
 from zonerelay.bounces.parking import PARK_PREFIX
 from zonerelay.config import Config
 from zonerelay.coord.base import CoordinationUnavailable, Coordinator
 from zonerelay.ingest.pipeline import IngestPipeline, IngestRejected, SessionInfo
-from zonerelay.store.base import OutboxEntry, QueueStore, StoredMessage, StoreError
+from zonerelay.store.base import Delivery, OutboxEntry, QueueStore, StoredMessage, StoreError
 
 log = logging.getLogger("zonerelay.bounces")
 
 POLL = 0.25  # seconds between looks at an empty outbox
-DSN_SETTLE = 1.0  # wait this long so the recipients of one transaction share one DSN
+DSN_KINDS = (DSN, DSN_DELAYED)
+DSN_SETTLE = 1.0  # a notice this old: outcomes of one batch, recorded one by one, are read together
+# The longest a DSN waits for the message's other recipients. A first pass normally ends within
+# seconds; 5 min covers a destination that times out (connect_timeout 30 s per MX host, several
+# hosts) and keeps a bounce prompt when one destination stalls for longer (command_timeout 300 s,
+# rate-limit holds, a future Date:). A constant: an operator gains nothing by tuning it.
+DSN_GROUP_MAX = 300.0
+DSN_RECHECK = 1.0  # seconds between looks at a message whose DSN is still waiting
+DSN_BATCH = 200
 FIRST_RETRY = 5.0
 PARALLEL_POSTS = 8
 GAUGE_INTERVAL = 5.0
@@ -43,6 +55,31 @@ GAUGE_INTERVAL = 5.0
 def retry_delay(attempts: int, cap: float) -> float:
     """Back-off after the ``attempts``-th failure (1-based): 5, 10, 20 s ... cap."""
     return float(min(cap, FIRST_RETRY * 2 ** max(0, attempts - 1)))
+
+
+def dsn_ready(
+    kind: str, entries: list[OutboxEntry], deliveries: list[Delivery], now: float, delay_warning: float
+) -> bool:
+    """Pure: may the DSN of ``kind`` about these notices of one message be sent now?
+
+    A bounce DSN waits for every pending delivery not yet attempted (the first pass); a delayed
+    one for every pending delivery not yet attempted past ``delay_warning`` (it may get its own
+    warning in a moment). A delivery not due before the waiting would end anyway is not waited
+    for, and nothing waits beyond DSN_GROUP_MAX after the oldest notice.
+    """
+    horizon = min(e.created for e in entries) + DSN_GROUP_MAX
+    if now >= horizon:
+        return True
+    for d in deliveries:
+        if d.status.is_final or d.next_attempt > horizon:
+            continue
+        if kind == DSN_DELAYED:
+            waiting = d.last_attempt is None or d.last_attempt < d.created + delay_warning
+        else:
+            waiting = d.attempts == 0
+        if waiting:
+            return False
+    return True
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -82,6 +119,13 @@ def webhook_body(entry: OutboxEntry, message: StoredMessage | None) -> dict[str,
     }
 
 
+def _by_message(entries: list[OutboxEntry]) -> dict[tuple[str, str], list[OutboxEntry]]:
+    groups: dict[tuple[str, str], list[OutboxEntry]] = defaultdict(list)
+    for entry in entries:
+        groups[(entry.message_id, entry.kind)].append(entry)
+    return groups
+
+
 class Notifier:
     """Supervisor task: send DSNs and webhook calls from the outbox."""
 
@@ -99,6 +143,7 @@ class Notifier:
         self.urls = {WEBHOOK_EVENTS: config.webhooks.events_url, WEBHOOK_BOUNCE: config.webhooks.bounce_url}
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._recheck: dict[tuple[str, str], float] = {}  # (message id, kind) -> next look
 
     async def start(self) -> None:
         try:
@@ -153,22 +198,51 @@ class Notifier:
     # -- DSNs -----------------------------------------------------------------------------
 
     async def _dsn_round(self) -> bool:
-        entries = await self.store.outbox_due((DSN,), time.time() - DSN_SETTLE, 200, ordered=False)
-        groups: dict[str, list[OutboxEntry]] = defaultdict(list)
-        for entry in entries:
-            groups[entry.message_id].append(entry)
-        for message_id, group in groups.items():
+        """Send the DSNs that are ready; True when one was (look again at once)."""
+        now = time.time()
+        groups = await self._dsn_due(now - DSN_SETTLE)
+        self._recheck = {key: t for key, t in self._recheck.items() if key in groups}
+        ready: dict[tuple[str, str], list[Delivery]] = {}
+        for key, group in groups.items():
+            if self._recheck.get(key, 0.0) > now:
+                continue
+            deliveries = await self.store.get_deliveries(key[0])
+            if dsn_ready(key[1], group, deliveries, now, self.config.bounces.delay_warning):
+                ready[key] = deliveries
+            else:
+                self._recheck[key] = now + DSN_RECHECK
+        if not ready:
+            return False
+        # Read again: the notice of every outcome the deliveries above show is visible now (it
+        # was committed with the outcome), so a recipient that failed meanwhile is not left out.
+        latest = await self._dsn_due(time.time())
+        for (message_id, kind), deliveries in ready.items():
+            notices = latest.get((message_id, kind))
+            if not notices:
+                continue
             try:
-                await self._send_dsn(message_id, group)
+                await self._send_dsn(message_id, kind, notices, deliveries)
             except IngestRejected as exc:  # retrying cannot help; StoreError propagates (retry)
                 log.error("dsn about %s refused by ingest: %s; not sent", message_id, exc)
-            await self.store.outbox_done([e.oid for e in group])
-        return bool(entries)
+            await self.store.outbox_done([e.oid for e in notices])  # only once the DSN is queued
+            self._recheck.pop((message_id, kind), None)
+        return True
 
-    async def _send_dsn(self, message_id: str, group: list[OutboxEntry]) -> None:
+    async def _dsn_due(self, before: float) -> dict[tuple[str, str], list[OutboxEntry]]:
+        """DSN notices written before ``before``, by (message id, kind)."""
+        return _by_message(await self.store.outbox_due(DSN_KINDS, before, DSN_BATCH, ordered=False))
+
+    async def _send_dsn(
+        self, message_id: str, kind: str, group: list[OutboxEntry], deliveries: list[Delivery]
+    ) -> None:
+        action: Action = "delayed" if kind == DSN_DELAYED else "failed"
+        if action == "delayed":  # delivered or bounced since the warning was due: not worth one
+            pending = {d.seq for d in deliveries if not d.status.is_final}
+            group = [e for e in group if e.payload.get("seq") in pending]
         message = await self.store.get_message(message_id)
         if (
-            message is None
+            not group
+            or message is None
             or not self.config.bounces.dsn
             or not should_send_dsn(message.sender, message.meta)
         ):
@@ -184,6 +258,7 @@ class Notifier:
             failed=[FailedRecipient.from_payload(e.payload) for e in group],
             zone=self.config.bounces.zone,
             now=time.time(),
+            action=action,
         )
         session = SessionInfo(interface=DSN_INTERFACE, origin="127.0.0.1", originhost="[127.0.0.1]",
                               transhost=hostname, transtype="ESMTP")  # fmt: skip
@@ -192,7 +267,8 @@ class Notifier:
                                          smtputf8=not message.sender.isascii())  # fmt: skip
         await submission.feed(data)
         dsn_id = await submission.finish()
-        log.info("dsn id=%s about %s to=<%s> recipients=%d", dsn_id, message_id, message.sender, len(group))
+        log.info("dsn id=%s action=%s about %s to=<%s> recipients=%d", dsn_id, action, message_id,
+                 message.sender, len(group))  # fmt: skip
 
     # -- webhooks -------------------------------------------------------------------------
 

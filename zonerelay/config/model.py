@@ -420,6 +420,7 @@ class BouncesConfig(_Strict):
     dsn: bool = True  # send RFC 3464 delivery status notifications to the envelope sender
     dsn_from: str = ""  # From: of DSNs; empty: MAILER-DAEMON@<hostname>
     zone: str = ""  # zone DSNs are sent through; empty: routed like any message
+    delay_warning: Duration = 0  # "delayed" DSN once a delivery is queued this long; 0: off
 
     @field_validator("rules_file")
     @classmethod
