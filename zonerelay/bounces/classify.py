@@ -205,6 +205,8 @@ def _fallback(code: int | None, status: str | None) -> str:
     if status is not None:
         _, subject, detail = status.split(".")
         category = _BY_STATUS.get(f"{int(subject)}.{int(detail)}") or _BY_SUBJECT.get(str(int(subject)))
+        if category == "transient" and code is not None and code >= 500:
+            return "other"  # a permanent "system/network problem" with nothing more said
         if category is not None:
             return category
     if code is None or code < 500:
