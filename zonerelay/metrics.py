@@ -49,6 +49,13 @@ MESSAGE_DROP = Counter(
 BLACKLISTED = Gauge(
     "zonemta_blacklisted", "Blacklisted domain:localAddress pairs", multiprocess_mode="livesum"
 )
+#: Destinations (domains or providers, per zone) paused or slowed after a rate-limit reply;
+#: every worker sets it from the shared coordinator, so the live maximum is the count.
+RATE_LIMITED = Gauge(
+    "zonerelay_rate_limited_destinations",
+    "Destinations paused or running at reduced connections after a rate-limit reply",
+    multiprocess_mode="livemax",
+)
 #: Times an idle pooled connection was reused instead of opening a new one.
 CONNECTION_REUSES = Counter("zonemta_connection_reuses", "Pooled SMTP connections reused")
 #: Idle connections held in the pools of all live worker processes.
@@ -86,6 +93,7 @@ __all__ = [
     "MESSAGE_DROP",
     "MESSAGE_PUSH",
     "OUTBOX_BACKLOG",
+    "RATE_LIMITED",
     "RESULT",
     "multiprocess_dir",
     "process_exited",

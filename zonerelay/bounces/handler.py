@@ -3,12 +3,13 @@
 One instance per worker process. ``decide`` turns a transport verdict into the status, next
 attempt and event details the store records: every non-2xx gets a category and an action;
 ``blacklist`` parks (local IP, MX host) and retries at once from another pool address;
-``rate_limit`` pauses the destination; a deferral past the maximum queue time bounces with its
-last category.
+``rate_limit`` pauses the destination, then runs it slowed until it recovers; a deferral past
+the maximum queue time bounces with its last category.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
@@ -20,6 +21,7 @@ from zonerelay.config import Config
 from zonerelay.coord.base import Coordinator
 from zonerelay.delivery.retry import RetryPolicy
 from zonerelay.store.base import Delivery, DeliveryStatus, Outcome, QueueStore, StoreError
+from zonerelay.zones.limits import base_connections, slow_target
 from zonerelay.zones.pools import Pools
 
 log = logging.getLogger("zonerelay.bounces")
@@ -44,6 +46,9 @@ class BounceHandler:
             blacklist_ttl=bounces.blacklist_ttl,
             pause=bounces.rate_limit_pause,
             max_pause=bounces.rate_limit_max_pause,
+            recovery=bounces.rate_limit_recovery,
+            gap=bounces.rate_limit_gap,
+            base=functools.partial(base_connections, config),  # the cap slow-downs step down from
         )
         self.pools = pools or Pools(config)
 
@@ -69,7 +74,8 @@ class BounceHandler:
             if not other_source:
                 resume_at = await self.parking.park_ends(str(mx), now) or resume_at
         elif c.action == "defer" and c.category == "rate_limit":
-            resume_at = await self.parking.slow_down(delivery.zone, delivery.domain, response, now)
+            target = slow_target(delivery.domain, details.get("provider"))  # provider under a rollup
+            resume_at = await self.parking.slow_down(delivery.zone, target, response, now)
         plan = next_attempt(c, scheduled=scheduled, now=now, other_source=other_source, resume_at=resume_at)
         details["retry"] = plan.reason
         metrics.BOUNCES.labels(category=c.category, action=c.action, zone=delivery.zone).inc()

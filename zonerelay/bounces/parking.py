@@ -5,10 +5,19 @@ Parking goes through the Coordinator, so every worker process (and, with Redis, 
 instance) sees it. Keys:
 
 - ``park:<local ip>:<mx host>``  the receiver ``mx host`` refused ``local ip`` as blocklisted;
-- ``slow:<zone>:<domain>``       the destination asked us to slow down; the reason carries how
-  many times in a row, so the pause doubles while it repeats and resets once it has expired.
+- ``slow:<zone>:<target>``       the destination asked us to slow down; ``<target>`` is the
+  domain, or ``provider=<name>`` when its MX hosts fall under a ``[providers.<name>]`` rollup
+  (one throttle of Microsoft 365 slows all its domains). The reason starts with
+  ``x<strikes> until=<end of the pause>``.
 
-``next_attempt`` is pure and tested as a table; the rest is a thin layer over the Coordinator.
+A strike pauses the destination (``rate_limit_pause``, doubling per strike up to
+``rate_limit_max_pause``); then it runs slowed: each strike halved its connection cap and
+doubled the gap between new transactions, and each ``rate_limit_recovery`` without a new strike
+takes one strike back, until it runs at full speed again (``slow_step``). Replies that arrive
+during the pause come from transactions started before it and are not new strikes.
+
+``next_attempt`` and ``slow_step`` are pure and tested as tables; the rest is a thin layer
+over the Coordinator.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from zonerelay.bounces.classify import Classification
@@ -29,6 +39,12 @@ SLOW_PREFIX = "slow:"
 PARKED_CACHE_SECONDS = 1.0
 _STRIKES = re.compile(r"^x(\d+) ")
 _UNTIL = re.compile(r"\buntil=(\d+(?:\.\d+)?)")
+#: Longest gap between new transactions to a slowed destination: at least one a minute goes
+#: out, so a destination that recovered sooner than we assume is noticed.
+MAX_GAP = 60.0
+#: Strikes beyond this deepen nothing (the cap is 1 and the gap MAX_GAP long before) and would
+#: only stretch the recovery: 16 strikes take 16 recovery periods to undo.
+MAX_STRIKES = 16
 
 
 def park_key(local_address: str, mx: str) -> str:
@@ -41,13 +57,76 @@ def split_park_key(key: str) -> tuple[str, str]:
     return local, mx
 
 
-def slow_key(zone: str, domain: str) -> str:
-    return f"{SLOW_PREFIX}{zone}:{domain}"
+def slow_key(zone: str, target: str) -> str:
+    """``target``: a domain, or ``provider=<name>`` (zonerelay.zones.limits.slow_target)."""
+    return f"{SLOW_PREFIX}{zone}:{target}"
+
+
+def split_slow_key(key: str) -> tuple[str, str]:
+    """(zone, target) of a slow key; the target has no colon."""
+    zone, _, target = key[len(SLOW_PREFIX) :].rpartition(":")
+    return zone, target
 
 
 def slow_pause(strikes: int, first: float, cap: float) -> float:
     """Pause after the ``strikes``-th "slow down" in a row: first, 2*first, 4*first ... cap."""
     return float(min(cap, first * 2 ** max(0, strikes - 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class SlowStep:
+    """How a slowed destination may be contacted now."""
+
+    level: int  # strikes not yet taken back by recovery (>= 1)
+    cap: int  # concurrent connections
+    gap: float  # seconds between new transactions (0: none)
+
+
+def slow_step(strikes: int, *, base: int, elapsed: float, recovery: float, gap: float) -> SlowStep | None:
+    """Pure: the limits ``elapsed`` seconds after the pause of the ``strikes``-th strike ended.
+
+    Each strike halves the connection cap from ``base`` (at least 1) and doubles ``gap`` (at
+    most MAX_GAP); each whole ``recovery`` period since the pause ended takes one strike back.
+    None: recovered (or ``recovery`` is 0: slow-downs only pause).
+    """
+    if recovery <= 0:
+        return None
+    level = min(strikes, MAX_STRIKES) - max(0, int(elapsed // recovery))
+    if level <= 0:
+        return None
+    spaced = min(MAX_GAP, gap * 2 ** (level - 1)) if gap > 0 else 0.0
+    return SlowStep(level, max(1, base >> level), spaced)
+
+
+@dataclass(frozen=True, slots=True)
+class Slowdown:
+    """A destination's slow-down as read from its ``slow:`` entry."""
+
+    zone: str
+    target: str
+    strikes: int
+    until: float  # end of the pause
+    step: SlowStep | None  # None: recovered (only the pause applied)
+
+    def paused(self, now: float) -> bool:
+        return now < self.until
+
+    def recovered_at(self, recovery: float) -> float:
+        return self.until + min(self.strikes, MAX_STRIKES) * recovery
+
+
+def read_slowdown(entry: Parked, *, base: int, now: float, recovery: float, gap: float) -> Slowdown | None:
+    """The state of one ``slow:`` entry at ``now`` (None: not a slow entry, or over)."""
+    if not entry.key.startswith(SLOW_PREFIX):
+        return None
+    strikes_m, until_m = _STRIKES.match(entry.reason), _UNTIL.search(entry.reason)
+    strikes = int(strikes_m.group(1)) if strikes_m else 1
+    until = float(until_m.group(1)) if until_m else entry.until
+    zone, target = split_slow_key(entry.key)
+    step = slow_step(strikes, base=base, elapsed=now - until, recovery=recovery, gap=gap)
+    if now >= until and step is None:
+        return None
+    return Slowdown(zone, target, strikes, until, step)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,17 +165,35 @@ def next_attempt(
     return Plan(scheduled, "schedule")
 
 
+def _describe(step: SlowStep) -> str:
+    gap = f", one new transaction per {step.gap:g}s" if step.gap else ""
+    return f"at most {step.cap} connection{'s' if step.cap != 1 else ''}{gap}"
+
+
 class Parking:
     """Shared parking of (local IP, MX) pairs and slow-downs of destinations."""
 
     def __init__(
-        self, coordinator: Coordinator, *, blacklist_ttl: float, pause: float, max_pause: float
+        self,
+        coordinator: Coordinator,
+        *,
+        blacklist_ttl: float,
+        pause: float,
+        max_pause: float,
+        recovery: float = 0.0,
+        gap: float = 0.0,
+        base: Callable[[str, str], int] = lambda zone, target: 1,
     ) -> None:
         self.coordinator = coordinator
         self.blacklist_ttl = blacklist_ttl
         self.pause = pause
         self.max_pause = max_pause
+        self.recovery = recovery
+        self.gap = gap
+        #: (zone, target) -> the connection cap a slow-down steps down from (zones.limits).
+        self.base = base
         self._snapshot: tuple[float, list[Parked]] | None = None
+        self._levels: dict[str, int] = {}  # last level logged per slow key (this process)
 
     async def park(self, local_address: str, mx: str, reason: str, now: float) -> float:
         until = now + self.blacklist_ttl
@@ -121,31 +218,71 @@ class Parking:
         ends = [p.until for p in entries if split_park_key(p.key)[1] == wanted]
         return min(ends) if ends else None
 
-    async def slow_down(self, zone: str, domain: str, reason: str, now: float) -> float:
-        key = slow_key(zone, domain)
-        current = await self._parked(now, key)
+    async def slow_down(self, zone: str, target: str, reason: str, now: float) -> float:
+        """A rate-limit reply from ``target``: a new strike, unless it is still paused (the reply
+        then comes from a transaction started before the pause). Returns the end of the pause."""
+        key = slow_key(zone, target)
         strikes = 1
-        for entry in current:
-            if entry.key == key and (m := _STRIKES.match(entry.reason)):
-                strikes = int(m.group(1)) + 1
+        for entry in await self._parked(now, key):
+            if entry.key != key:
+                continue
+            current = self._read(entry, now)
+            if current is not None and current.paused(now):
+                return current.until  # same episode
+            if m := _STRIKES.match(entry.reason):
+                strikes = min(int(m.group(1)) + 1, MAX_STRIKES)
         pause = slow_pause(strikes, self.pause, self.max_pause)
         until = now + pause
+        # kept until recovered, and at least twice as long as the pause, so that a repeat
+        # soon after it ends is a further strike
+        keep = max(now + 2 * pause, until + strikes * self.recovery)
         self._snapshot = None
+        self._levels[key] = strikes
         try:
-            # kept twice as long as the pause, so a repeat soon after it ends still doubles
-            await self.coordinator.park(key, now + 2 * pause, f"x{strikes} until={until:.3f} {reason}"[:500])
+            await self.coordinator.park(key, keep, f"x{strikes} until={until:.3f} {reason}"[:500])
         except CoordinationUnavailable as exc:
             log.warning("could not slow down %s: %s", key, exc)
-        log.warning("rate limited: slowing down %s/%s for %.0fs (strike %d): %s",
-                    zone, domain, pause, strikes, reason)  # fmt: skip
+        base = self.base(zone, target)
+        step = slow_step(strikes, base=base, elapsed=0, recovery=self.recovery, gap=self.gap)
+        then = f", then {_describe(step)}, one step back every {self.recovery:g}s" if step else ""
+        log.warning("rate limited: slowing down %s/%s for %.0fs (strike %d)%s: %s",
+                    zone, target, pause, strikes, then, reason)  # fmt: skip
         return until
 
-    async def slowed_until(self, zone: str, domain: str, now: float) -> float | None:
-        key = slow_key(zone, domain)
+    async def slowdown(self, zone: str, target: str, now: float) -> Slowdown | None:
+        """The slow-down of ``target`` in effect at ``now``, if any; logs each recovery step
+        (once per process)."""
+        key = slow_key(zone, target)
+        found = None
         for entry in await self._parked(now, key):
-            if entry.key == key and (m := _UNTIL.search(entry.reason)) and float(m.group(1)) > now:
-                return float(m.group(1))
-        return None
+            if entry.key == key:
+                found = self._read(entry, now)
+        level = found.step.level if found is not None and found.step is not None else 0
+        if level < self._levels.get(key, level):
+            if found is None or found.step is None:
+                log.info("rate limit recovered: %s/%s back to full speed", zone, target)
+            else:
+                log.info("rate limit recovery: %s/%s now %s", zone, target, _describe(found.step))
+        if found is None:
+            self._levels.pop(key, None)
+        else:
+            self._levels[key] = level
+        return found
+
+    async def slowed_until(self, zone: str, target: str, now: float) -> float | None:
+        found = await self.slowdown(zone, target, now)
+        return found.until if found is not None and found.paused(now) else None
+
+    async def slowed(self, now: float) -> list[Slowdown]:
+        """Every destination paused or slowed at ``now``."""
+        entries = await self._parked(now, SLOW_PREFIX)
+        return [found for entry in entries if (found := self._read(entry, now)) is not None]
+
+    def _read(self, entry: Parked, now: float) -> Slowdown | None:
+        zone, target = split_slow_key(entry.key)
+        return read_slowdown(
+            entry, base=self.base(zone, target), now=now, recovery=self.recovery, gap=self.gap
+        )
 
     async def _parked(self, now: float, prefix: str) -> list[Parked]:
         """Parked entries under ``prefix``, from a snapshot at most PARKED_CACHE_SECONDS old.

@@ -417,6 +417,8 @@ class BouncesConfig(_Strict):
     blacklist_ttl: Duration = 6 * 3600  # a blocklisted (local IP, MX host) pair stays parked this long
     rate_limit_pause: Duration = 30  # first pause of a destination that said "slow down"; doubles
     rate_limit_max_pause: Duration = 1800  # ... up to this
+    rate_limit_recovery: Duration = 300  # then each such period takes one strike back; 0: pause only
+    rate_limit_gap: Duration = 0.5  # gap between new transactions after one strike; doubles per strike
     dsn: bool = True  # send RFC 3464 delivery status notifications to the envelope sender
     dsn_from: str = ""  # From: of DSNs; empty: MAILER-DAEMON@<hostname>
     zone: str = ""  # zone DSNs are sent through; empty: routed like any message

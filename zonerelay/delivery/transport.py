@@ -9,6 +9,7 @@ per recipient. Nothing here touches the store's delivery rows: the worker record
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
 import random
 import time
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from zonerelay.bounces.parking import Slowdown
 from zonerelay.config import Config
 from zonerelay.config.model import ZoneConfig
 from zonerelay.delivery.mx import DnsPermanentError, DnsTemporaryError, MxHost, MxResolver
@@ -25,7 +27,7 @@ from zonerelay.smtp.client import SmtpClient, insecure_client_context
 from zonerelay.smtp.errors import SmtpClientError, TlsHandshakeError
 from zonerelay.smtp.replies import Reply
 from zonerelay.store.base import Delivery, QueueStore, StoredMessage
-from zonerelay.zones.limits import Destination, Limits, destination
+from zonerelay.zones.limits import Destination, Limits, destination, slowed, unslowed
 from zonerelay.zones.pools import Pools, Source
 
 log = logging.getLogger("zonerelay.delivery")
@@ -34,6 +36,20 @@ Kind = Literal["delivered", "deferred", "bounced"]
 
 #: After a failed TLS handshake a receiver is contacted in plain text for this long.
 TLS_FAILURE_MEMORY = 3600.0
+
+
+class DestinationPaused(Exception):
+    """The destination is paused after a rate-limit reply: nothing is sent until ``until``."""
+
+    def __init__(self, target: str, until: float) -> None:
+        super().__init__(f"{target} paused until {until:.0f}")
+        self.target = target
+        self.until = until
+
+
+class _LimitsChanged(Exception):
+    """A slow-down began, changed or ended while a delivery waited for a connection: start over
+    with the limits now in force (a wait must not let it in under the old ones)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +108,8 @@ class Transport:
         self.pools = Pools(config)
         #: Set by the worker (bounces/): local addresses parked (blocklisted) towards an MX host.
         self.parked_sources: Callable[[str, str], Awaitable[frozenset[str]]] | None = None
+        #: Set by the worker (bounces/): the rate-limit slow-down of (zone, target), if any.
+        self.slowdown: Callable[[str, str], Awaitable[Slowdown | None]] | None = None
         dns = config.dns
         self.resolver = MxResolver(
             dns.nameservers, dns.timeout, cache=dns.cache, cache_max_ttl=dns.cache_max_ttl
@@ -124,8 +142,36 @@ class Transport:
             verdict = Verdict("deferred", f"451 {exc}", {**base, "stage": "dns"})
             return {d.key: verdict for d in deliveries}
         dest = destination(self.config, zone_name, domain, [h.hostname for h in hosts])
-        await self.limits.take_rate(dest)  # waits; holds no connection meanwhile
-        return await self._send_via(hosts, zone_name, zone, message, deliveries, base, dest)
+        if dest.provider is not None:
+            base["provider"] = dest.provider  # a rate-limit reply slows the whole provider
+        taken: set[str] = set()  # rate tokens already taken for this transaction
+        while True:
+            dest = await self._slowed(dest)
+            # waits; holds no connection meanwhile
+            if not await self.limits.take_rate(dest, taken, functools.partial(self._gap_changed, dest)):
+                continue
+            try:
+                return await self._send_via(hosts, zone_name, zone, message, deliveries, base, dest)
+            except _LimitsChanged:
+                continue
+
+    async def _gap_changed(self, dest: Destination) -> bool:
+        return (await self._slowed(dest)).rates != dest.rates
+
+    async def _slowed(self, dest: Destination) -> Destination:
+        """``dest`` under the rate-limit slow-down of its target now: fewer connections and a
+        gap between transactions; raises DestinationPaused while it is paused."""
+        plain = unslowed(dest)
+        slow = await self.slowdown(plain.zone, plain.target) if self.slowdown is not None else None
+        if slow is None:
+            return plain
+        if slow.paused(time.time()):
+            raise DestinationPaused(plain.target, slow.until)
+        if slow.step is None:
+            return plain
+        limited = slowed(plain, strikes=slow.strikes, cap=slow.step.cap, gap=slow.step.gap)
+        await self.limits.retire_stale(limited)
+        return limited
 
     async def _send_via(
         self,
@@ -242,6 +288,8 @@ class Transport:
         # connections of ours (to other hosts) that hold the contested slot, else wait.
         delay = 0.05
         while True:
+            if (await self._slowed(dest)).slots != dest.slots:
+                raise _LimitsChanged  # e.g. a rate-limit reply while this delivery waited
             if not fresh:
                 pooled = self.pool.take(key)
                 if pooled is not None:

@@ -26,7 +26,7 @@ from zonerelay.bounces.handler import BounceHandler
 from zonerelay.config import Config
 from zonerelay.coord import Coordinator, open_coordinator
 from zonerelay.delivery.retry import RetryPolicy
-from zonerelay.delivery.transport import Transport, Verdict
+from zonerelay.delivery.transport import DestinationPaused, Transport, Verdict
 from zonerelay.logs import setup_logging
 from zonerelay.store import open_store
 from zonerelay.store.base import Delivery, DeliveryStatus, Outcome, QueueStore, StoreError, StoreUnavailable
@@ -56,6 +56,8 @@ class Worker:
         self.transport = Transport(config, store, limits)
         self.bounces = BounceHandler(config, coordinator, self.transport.pools)
         self.transport.parked_sources = self.bounces.parked_sources  # skip blocklisted source IPs
+        parking = self.bounces.parking
+        self.transport.slowdown = lambda zone, target: parking.slowdown(zone, target, time.time())
         queue = config.queue
         self.retry = RetryPolicy(queue.defer_times, queue.max_queue_time)
         self._inflight: dict[tuple[str, str], Delivery] = {}
@@ -121,10 +123,6 @@ class Worker:
     async def _deliver(self, zone: str, domain: str, batch: list[Delivery]) -> None:
         try:
             async with self._destination_slots[(zone, domain)]:
-                paused = await self.bounces.slowed_until(zone, domain)  # it said "too fast"
-                if paused is not None:
-                    await self.bounces.hold(self.store, self.owner, batch, paused)
-                    return
                 message = await self.store.get_message(batch[0].id)
                 if message is None:
                     verdicts = {
@@ -132,7 +130,11 @@ class Worker:
                         for d in batch
                     }
                 else:
-                    verdicts = await self.transport.deliver(zone, domain, message, batch)
+                    try:
+                        verdicts = await self.transport.deliver(zone, domain, message, batch)
+                    except DestinationPaused as paused:  # it said "too fast": not an attempt
+                        await self.bounces.hold(self.store, self.owner, batch, paused.until)
+                        return
             for delivery in batch:
                 await self._record(delivery, verdicts[delivery.key])
         except asyncio.CancelledError:
@@ -207,6 +209,8 @@ class Worker:
                 except StoreError as exc:
                     log.warning("lease renewal failed: %s", exc)
             await self.transport.pool.expire()
+            # every worker sees the same shared entries: the gauge keeps the largest count
+            metrics.RATE_LIMITED.set(len(await self.bounces.parking.slowed(time.time())))
 
     async def _drain(self) -> None:
         """Let in-flight deliveries finish for a while, then cancel and release the rest."""

@@ -11,6 +11,11 @@ the whole cluster, so they live in the Coordinator:
 - a *message* takes one token of ``rate:<zone>:<domain>`` / ``rate:<zone>:prov:<provider>``
   before its connection is taken (so a long wait never sits on an open connection).
 - ``throttling`` paces each connection locally: a connection is one process's object.
+- a destination slowed down after a rate-limit reply (zonerelay.bounces.parking) gets one more
+  slot, ``slowed:<zone>:<target>:x<strikes>`` with its reduced cap, and a gap between its
+  transactions, ``rate:<zone>:slowed:<target>`` (one per gap). The strike count is in the slot
+  key, so a new strike starts a new limit group: pooled connections opened before it are not
+  reused, and this process closes its idle ones at once (``retire_stale``).
 
 A delivery that cannot get a slot or token waits, keeping its lease (the worker renews the
 leases of everything in flight): waiting is not an attempt and never an error, and it costs
@@ -61,6 +66,10 @@ class Destination:
     rates: tuple[tuple[str, int, float], ...]  # (key, count, period)
 
     @property
+    def target(self) -> str:
+        return slow_target(self.domain, self.provider)
+
+    @property
     def group(self) -> str:
         """Connections are pooled per limit group, so a reused connection already holds the
         right destination slots (unlimited domains all share the group "")."""
@@ -71,6 +80,48 @@ class Destination:
 class Grant:
     holder: str
     keys: list[str] = field(default_factory=list)
+    zone: str = ""
+    target: str = ""  # the destination the connection was opened for
+
+
+PROVIDER_TARGET = "provider="
+SLOWED_PREFIX = "slowed:"
+
+
+def slow_target(domain: str, provider: str | None) -> str:
+    """What a rate-limit slow-down is keyed by: the provider when the MX hosts fall under a
+    ``[providers.*]`` rollup (its throttle covers all its domains), else the domain. No colon,
+    so ``slow:<zone>:<target>`` splits at its last one."""
+    return f"{PROVIDER_TARGET}{provider}" if provider else domain
+
+
+def base_connections(config: Config, zone: str, target: str) -> int:
+    """The connection cap a slow-down of ``target`` steps down from: the tightest of the
+    zone's ``connections`` and the provider's (or domain's) ``max_connections``; with none
+    configured, ``[delivery] destination_concurrency`` (what one worker opens to a domain)."""
+    zone_config = config.zones.get(zone) or config.zones["default"]
+    caps = [zone_config.connections]
+    if target.startswith(PROVIDER_TARGET):
+        provider = config.providers.get(target[len(PROVIDER_TARGET) :])
+        caps.append(provider.max_connections if provider is not None else None)
+    elif (own := zone_config.domain_config.get(target)) is not None:
+        caps.append(own.max_connections)
+    return min((c for c in caps if c is not None), default=config.delivery.destination_concurrency)
+
+
+def unslowed(dest: Destination) -> Destination:
+    """``dest`` without the limits of a slow-down."""
+    slots = tuple(s for s in dest.slots if not s[0].startswith(SLOWED_PREFIX))
+    rates = tuple(r for r in dest.rates if f":{SLOWED_PREFIX}" not in r[0])
+    return Destination(dest.zone, dest.domain, dest.provider, slots, rates)
+
+
+def slowed(dest: Destination, *, strikes: int, cap: int, gap: float) -> Destination:
+    """``dest`` with the reduced connection cap and the gap of a slow-down added."""
+    slots = (*dest.slots, (f"{SLOWED_PREFIX}{dest.zone}:{dest.target}:x{strikes}", cap))
+    gap_key = f"rate:{dest.zone}:{SLOWED_PREFIX}{dest.target}"
+    rates = (*dest.rates, (gap_key, 1, gap)) if gap > 0 else dest.rates
+    return Destination(dest.zone, dest.domain, dest.provider, slots, rates)
 
 
 def provider_for(config: Config, mx_hosts: Iterable[str]) -> str | None:
@@ -117,6 +168,7 @@ class Limits:
         self._pending: set[asyncio.Task[None]] = set()
         self._renewer: asyncio.Task[None] | None = None
         self._wanted: dict[str, float] = {}
+        self._retired: set[str] = set()  # slowed slot keys whose stale connections were closed
         #: Closes this process's idle pooled connections matching a predicate (pool.evict).
         self.evict_idle: Callable[[Callable[[SmtpClient], bool]], Awaitable[int]] | None = None
 
@@ -126,7 +178,7 @@ class Limits:
         """One try at a slot of each of ``dest``'s keys: (grant, None), or (None, the full key).
         The caller first looks for a pooled connection, may evict idle ones holding the full
         key, else says it ``want``s the key and waits a little before trying again."""
-        grant = Grant(f"{self.owner}/{uuid.uuid4().hex[:12]}")
+        grant = Grant(f"{self.owner}/{uuid.uuid4().hex[:12]}", zone=dest.zone, target=dest.target)
         if not dest.slots:
             return grant, None
         self._ensure_renewer()
@@ -157,6 +209,26 @@ class Limits:
                 return key
             grant.keys.append(key)
         return None
+
+    async def retire_stale(self, dest: Destination) -> None:
+        """Once per slow-down strike of ``dest``: close this process's idle connections to it
+        that do not hold its current slowed slot (opened before the strike, so the receiver
+        sees fewer connections now, not after idle_connection_seconds)."""
+        key = next((k for k, _ in dest.slots if k.startswith(SLOWED_PREFIX)), None)
+        if key is None or key in self._retired or self.evict_idle is None:
+            return
+        if len(self._retired) > 4096:  # keys of long-over strikes; forgetting one costs an evict
+            self._retired.clear()
+        self._retired.add(key)
+
+        def stale(client: SmtpClient) -> bool:
+            grant = self._held.get(client)
+            return (grant is not None and grant.zone == dest.zone and grant.target == dest.target
+                    and key not in grant.keys)  # fmt: skip
+
+        if closed := await self.evict_idle(stale):
+            log.info("closed %d idle connections to %s/%s after a rate-limit reply", closed, dest.zone,
+                     dest.target)  # fmt: skip
 
     def attach(self, client: SmtpClient, grant: Grant) -> None:
         """The connection now owns the slots; they are released when it is ``discard``-ed."""
@@ -228,18 +300,30 @@ class Limits:
 
     # -- rates and throttling -------------------------------------------------------------
 
-    async def take_rate(self, dest: Destination) -> None:
-        """Wait for one message token of each of ``dest``'s rates."""
+    async def take_rate(
+        self,
+        dest: Destination,
+        taken: set[str] | None = None,
+        changed: Callable[[], Awaitable[bool]] | None = None,
+    ) -> bool:
+        """Wait for one message token of each of ``dest``'s rates not in ``taken`` (and note
+        each one there). False, with the rest not taken, when ``changed()`` says, while
+        waiting, that ``dest``'s limits no longer apply (a slow-down's gap ended or changed)."""
+        taken = set() if taken is None else taken
         for key, count, period in dest.rates:
-            while True:
+            while key not in taken:
                 try:
                     wait = await self.coordinator.rate_take(key, count, period, time.time())
                 except CoordinationUnavailable as exc:
                     log.warning("coordination unavailable (%s); waiting for rate %s", exc, key)
                     wait = MAX_POLL
                 if wait <= 0:
+                    taken.add(key)
                     break
                 await asyncio.sleep(min(wait, MAX_POLL) + random.random() * 0.01)
+                if changed is not None and await changed():
+                    return False
+        return True
 
     async def pace(self, client: SmtpClient, zone: str) -> None:
         """Per-connection throttling: space messages on ``client`` by period/count."""
