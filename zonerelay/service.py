@@ -118,7 +118,8 @@ class Relay:
         self.coordinator = open_coordinator(config, processes=1)
         self.cluster = ClusterMember(config, self.store, self.coordinator, {"workers": len(self.workers)})
         self.notifier = Notifier(config, self.store, self.pipeline, self.coordinator)  # DSNs, webhooks
-        self.api = ApiServer(self.pipeline) if config.api.enabled else None
+        # the API lists and clears parked pairs and slow-downs through the same coordinator
+        self.api = ApiServer(self.pipeline, coordinator=self.coordinator) if config.api.enabled else None
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
 

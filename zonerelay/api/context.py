@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from zonerelay.coord.base import Coordinator
 from zonerelay.ingest.pipeline import IngestPipeline
 from zonerelay.store.base import QueueStore
 
@@ -18,6 +19,7 @@ class Context:
     zones: frozenset[str]  # configured sending zones
     max_size: int  # largest message accepted, bytes
     clock: Callable[[], float]
+    coordinator: Coordinator  # parked pairs and slow-downs, shared with the delivery workers
 
 
 CONTEXT = web.AppKey("zonerelay", Context)

@@ -1,8 +1,8 @@
 """Every failure leaves the API as JSON ``{"error": ..., "code": ...}`` with a 4xx/503 status.
 
 Handlers raise ``ApiError``; the middleware also turns aiohttp's own HTTP errors (unknown
-path, wrong method, body too large) and store outages into that shape, and logs anything
-unexpected instead of showing a traceback.
+path, wrong method, body too large) and store or coordinator outages into that shape, and
+logs anything unexpected instead of showing a traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from zonerelay.coord.base import CoordinationUnavailable
 from zonerelay.store.base import StoreError, StoreUnavailable
 
 __all__ = ["ApiError", "Handler", "Middleware", "error_middleware", "error_response"]
@@ -68,6 +69,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except StoreError as exc:
         log.error("api %s %s: %s", request.method, request.path, exc)
         return error_response(503, "store_error", str(exc))
+    except CoordinationUnavailable as exc:
+        log.warning("api %s %s: %s", request.method, request.path, exc)
+        return error_response(503, "coordination_unavailable", str(exc))
     except ConnectionResetError:
         raise
     except Exception:

@@ -30,7 +30,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         401: "missing or wrong credentials",
         404: "not found",
         413: "too large",
-        503: "store unavailable",
+        503: "store or coordinator unavailable",
     }
     return {str(s): _json(_ERROR, text[s]) for s in statuses}
 
@@ -72,6 +72,77 @@ _ENTRY = {
     "required": ["id"],
     "properties": {"id": {"type": "string"}, "address": {"type": "string"}, "domain": {"type": "string"}},
 }
+_UNTIL = {
+    "until": {"type": "string", "format": "date-time", "description": "ISO-8601 UTC"},
+    "until_epoch": {"type": "number", "description": "the same, unix seconds"},
+}
+_PARKED = {
+    "type": "object",
+    "required": ["key", "local_address", "mx", "until", "until_epoch", "reason"],
+    "properties": {
+        "key": {"type": "string", "description": "park:<local ip>:<mx host>"},
+        "local_address": {"type": "string"},
+        "mx": {"type": "string"},
+        **_UNTIL,
+        "reason": {"type": "string", "description": "the receiver's blocklist reply"},
+    },
+}
+_SLOWED = {
+    "type": "object",
+    "required": ["key", "zone", "destination", "strikes", "paused", "reason"],
+    "properties": {
+        "key": {"type": "string", "description": "slow:<zone>:<destination>"},
+        "zone": {"type": "string"},
+        "destination": {"type": "string", "description": "a domain, or provider=<name> for an MX rollup"},
+        "strikes": {"type": "integer", "description": "rate-limit episodes in a row; each doubles the pause"},
+        "paused": {"type": "boolean", "description": "no new connection until paused_until"},
+        "paused_until": {"type": "string", "format": "date-time"},
+        "connections": {"type": "integer", "description": "connection cap while recovering"},
+        "full_connections": {"type": "integer"},
+        "gap": {"type": "number", "description": "seconds between new transactions while recovering"},
+        "recovers": {"type": "string", "format": "date-time", "description": "full speed again"},
+        "reason": {"type": "string", "description": "the receiver's rate-limit reply"},
+    },
+}
+_KEY_PARAM = {
+    "name": "key",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "the entry's key as listed (colons as they are, or as %3A)",
+}
+_ALL_PARAM = {"name": "all", "in": "query", "required": True, "schema": {"type": "string", "enum": ["true"]}}
+
+
+def _listing(name: str, row: dict[str, Any]) -> dict[str, Any]:
+    return _json(
+        {"type": "object", "required": [name], "properties": {name: {"type": "array", "items": row}}}
+    )
+
+
+def _parking_paths(path: str, name: str, row: dict[str, Any], many: str, one: str) -> dict[str, Any]:
+    cleared = _listing("cleared", {"type": "string", "description": "key of an entry removed"})
+    return {
+        path: {
+            "get": {
+                "summary": f"{many} in force",
+                "responses": {"200": _listing(name, row), **_errors(401, 503)},
+            },
+            "delete": {
+                "summary": f"Clear every {one} (all=true is required)",
+                "parameters": [_ALL_PARAM],
+                "responses": {"200": cleared, **_errors(400, 401, 503)},
+            },
+        },
+        f"{path}/{{key}}": {
+            "delete": {
+                "summary": f"Clear one {one}",
+                "parameters": [_KEY_PARAM],
+                "responses": {"200": cleared, **_errors(400, 401, 404, 503)},
+            }
+        },
+    }
+
 
 SEND_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -340,6 +411,10 @@ def spec(max_size: int) -> dict[str, Any]:
                     },
                 },
             },
+            **_parking_paths(
+                "/blacklist", "blacklist", _PARKED, "Parked (local IP, MX host) pairs", "parked pair"
+            ),
+            **_parking_paths("/slowdowns", "slowdowns", _SLOWED, "Slowed-down destinations", "slow-down"),
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics (zonemta_* names of the reference)",
