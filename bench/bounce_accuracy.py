@@ -1,9 +1,10 @@
-"""Accuracy of the shipped bounce rules on labelled reply sets (tests/data/bounce_*.toml).
+"""Accuracy of the shipped bounce classifier on labelled reply sets.
 
     .venv/bin/python bench/bounce_accuracy.py [FILE ...] [--misses]
 
-Prints, per file, right categories and actions out of the cases; ``--misses`` lists the
-replies classified wrongly (expected / got).
+Without FILEs: the labelled examples shipped in zonerelay/bounces/examples/ (what the rules
+and the learned model are built from). Prints, per file, right categories and actions out of
+the cases; ``--misses`` lists the replies classified wrongly (expected / got).
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from pathlib import Path
 
 from zonerelay.bounces import classify
 
-DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
-TRAINING = ("bounce_corpus.toml", "bounce_holdout.toml", "bounce_holdout2.toml", "bounce_holdout3.toml")
+EXAMPLES = Path(__file__).resolve().parent.parent / "zonerelay" / "bounces" / "examples"
 
 
 def main(argv: list[str]) -> int:
     show = "--misses" in argv
-    files = [Path(a) for a in argv if not a.startswith("--")] or [DATA / n for n in TRAINING]
+    files = [Path(a) for a in argv if not a.startswith("--")] or sorted(EXAMPLES.glob("*.toml"))
     for path in files:
         cases = tomllib.loads(path.read_text("utf-8"))["case"]
         cat_ok = act_ok = 0

@@ -1,10 +1,12 @@
 """Classify a failed delivery attempt: what went wrong (category) and what to do (action).
 
-Pure: a function of the reply (or failure) text and the rules. The rules are data
-(``rules.toml`` shipped with the package, plus the operator's ``[bounces] rules_file`` tried
-first); what no rule matches falls back to the enhanced status code (RFC 3463), then to the
-basic reply code. The action follows from the code and the category, not from the rule alone,
-so that no rule can make a 4xx final.
+Pure: a function of the reply (or failure) text, the rules and the labelled examples. The
+rules are data (``rules.toml`` shipped with the package, plus the operator's
+``[bounces] rules_file`` tried first). A reply that only a catch-all rule (``fallback = true``)
+or no rule at all matches is read by a small model learned from the labelled replies shipped
+in ``examples/`` (zonerelay.bounces.learned); without examples it falls back to the enhanced
+status code (RFC 3463), then to the basic reply code. The action follows from the code and the
+category, not from the rule alone, so that no rule can make a 4xx final.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class Rule:
     status: re.Pattern[str] | None = None
     action: Action | None = None
     unless: re.Pattern[str] | None = None
+    fallback: bool = False  # a catch-all: the learned model is asked before it
 
     def matches(self, text: str, code: int | None, status: str | None) -> bool:
         if self.code is not None and (code is None or not self.code.fullmatch(str(code))):
@@ -140,7 +143,8 @@ def parse_rules(data: dict[str, Any], source: str) -> tuple[Rule, ...]:
         where = f"{source}: rule {index}"
         if not isinstance(item, dict):
             raise RulesError(f"{where}: expected a table")
-        unknown = set(item) - {"category", "message", "pattern", "code", "status", "action", "unless"}
+        unknown = set(item) - {"category", "message", "pattern", "code", "status", "action", "unless",
+                                "fallback"}
         if unknown:
             raise RulesError(f"{where}: unknown key {sorted(unknown)[0]!r}")
         category = item.get("category")
@@ -157,6 +161,7 @@ def parse_rules(data: dict[str, Any], source: str) -> tuple[Rule, ...]:
             status=_compile(item.get("status"), where, "status"),
             action=action,
             unless=_compile(item.get("unless"), where, "unless"),
+            fallback=bool(item.get("fallback", False)),
         )
         if rule.pattern is None and rule.code is None and rule.status is None:
             raise RulesError(f"{where}: needs a pattern, code or status")
@@ -226,8 +231,9 @@ def decide_action(category: str, code: int | None, rule_action: Action | None = 
 class Classifier:
     """Operator rules first, then the shipped ones."""
 
-    def __init__(self, extra: Sequence[Rule] = ()) -> None:
+    def __init__(self, extra: Sequence[Rule] = (), *, learned: bool = True) -> None:
         self.rules: tuple[Rule, ...] = (*extra, *builtin_rules())
+        self.learned = learned
 
     @classmethod
     def from_file(cls, rules_file: str | Path | None) -> Classifier:
@@ -236,7 +242,14 @@ class Classifier:
     def classify(self, data: str) -> Classification:
         reply = parse_reply(data)
         rule = _first(self.rules, reply)
-        if rule is not None:
+        if rule is not None and not rule.fallback:
+            category, message, rule_action = rule.category, rule.message, rule.action
+        elif self.learned:
+            from zonerelay.bounces.learned import shipped_model  # it imports this module
+
+            category = shipped_model().predict(data)
+            message, rule_action = _MESSAGES[category], None
+        elif rule is not None:
             category, message, rule_action = rule.category, rule.message, rule.action
         else:
             category = _fallback(reply.code, reply.status)

@@ -9,6 +9,7 @@ the maximum queue time bounces with its last category.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -51,6 +52,14 @@ class BounceHandler:
             base=functools.partial(base_connections, config),  # the cap slow-downs step down from
         )
         self.pools = pools or Pools(config)
+
+    async def warm_up(self) -> None:
+        """Train the learned classifier off the event loop (about a second) before the first
+        failure needs it, so that no delivery waits on it."""
+        if self.classifier.learned:
+            from zonerelay.bounces.learned import shipped_model
+
+            await asyncio.to_thread(shipped_model)
 
     async def parked_sources(self, zone: str, mx: str) -> frozenset[str]:
         """Transport hook: local addresses not to use towards ``mx`` (blocklisted there)."""
