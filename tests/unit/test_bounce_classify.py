@@ -41,13 +41,14 @@ def accuracy(cases: list[dict[str, str]]) -> tuple[int, int, list[tuple[str, str
     return category_ok, action_ok, misses
 
 
-# The rules are written from these sets. Holdouts 1-5 were each held out for ONE measurement
-# before they became training data (1: 31/33 categories; 2: 57/70 categories and 65/70 actions;
-# 3: 41/61 and 59/61 under the first rules; 4: 115/148 and 140/148 and 5: 91/126 and 117/126
-# under the rebuilt rules); docs/bounces.md keeps the history. Six training labels were changed
+# The rules and the learned model are built from these sets. Holdouts 1-6 were each held out for
+# ONE measurement before they became training data (1: 31/33 categories; 2: 57/70 categories and
+# 65/70 actions; 3: 41/61 and 59/61 under the first rules; 4: 115/148 and 140/148 and 5: 91/126
+# and 117/126 under the rebuilt rules; 6: 78/92 and 89/92 with the learned model);
+# docs/bounces.md keeps the history. Six training labels were changed
 # to follow tests/data/LABELLING.md when the guide was written (listed in docs/bounces.md).
 TRAINING = ("bounce_corpus.toml", "bounce_holdout.toml", "bounce_holdout2.toml", "bounce_holdout3.toml",
-            "bounce_holdout4.toml", "bounce_holdout5.toml")  # fmt: skip
+            "bounce_holdout4.toml", "bounce_holdout5.toml", "bounce_holdout6.toml")  # fmt: skip
 # Left wrong on purpose. These replies meet only a catch-all rule (or none), so the model
 # learned from the examples reads them; it reads these few otherwise than their labels, whose
 # texts say little (the labels came from a provider's documentation or a judgement call).
@@ -58,6 +59,7 @@ KNOWN_MISSES = {
     "550 Blocked",  # policy; model: blacklist
     "551 5.3.0 Unknown error",  # other; model: recipient
     "451 4.7.500 Access denied, please try again later.",  # blacklist; rules: rate_limit (4.7.5xx)
+    "501 5.5.2 <.1.2.3.4>: Helo command rejected",  # policy; rules: protocol (a 50x, as corpus HELO 504)
 }
 
 
@@ -296,7 +298,10 @@ def test_zonerelays_own_failure_texts(data: str, category: str, action: str) -> 
     assert (result.category, result.action) == (category, action)
 
 
-@pytest.mark.parametrize(("name", "size"), [("bounce_holdout4.toml", 148), ("bounce_holdout5.toml", 126)])
+BLIND_SETS = [("bounce_holdout4.toml", 148), ("bounce_holdout5.toml", 126), ("bounce_holdout6.toml", 92)]
+
+
+@pytest.mark.parametrize(("name", "size"), BLIND_SETS)
 def test_blind_held_out_sets_are_well_formed_and_new(name: str, size: int) -> None:
     cases = load_cases(name)
     assert len(cases) == size
