@@ -75,7 +75,7 @@ def assert_well_formed(case: dict[str, Any]) -> None:
     assert case["source"].strip(), case
     assert case["category"] in CATEGORIES, case
     temporary = case["reply"][0] != "5"  # a 4xx, or no reply code at all
-    retried = case["category"] in {"blacklist", "rate_limit", "mailbox_full"}
+    retried = case["category"] in {"blacklist", "rate_limit", "mailbox_full", "greylist"}
     assert case["action"] == ("defer" if temporary or retried else "reject"), case
 
 
