@@ -52,14 +52,16 @@ class BounceHandler:
             base=functools.partial(base_connections, config),  # the cap slow-downs step down from
         )
         self.pools = pools or Pools(config)
+        self._model_ready = False
 
     async def warm_up(self) -> None:
-        """Train the learned classifier off the event loop (about a second) before the first
-        failure needs it, so that no delivery waits on it."""
-        if self.classifier.learned:
+        """Train the learned classifier (about a second of CPU) off the event loop, once, when
+        the first failure needs it: a worker that never sees one never pays for it."""
+        if self.classifier.learned and not self._model_ready:
             from zonerelay.bounces.learned import shipped_model
 
             await asyncio.to_thread(shipped_model)
+            self._model_ready = True
 
     async def parked_sources(self, zone: str, mx: str) -> frozenset[str]:
         """Transport hook: local addresses not to use towards ``mx`` (blocklisted there)."""
@@ -69,6 +71,7 @@ class BounceHandler:
         self, delivery: Delivery, response: str, details: dict[str, Any], now: float, retry: RetryPolicy
     ) -> tuple[DeliveryStatus, float | None, str]:
         """Status, next attempt and response to record for a failed attempt; fills ``details``."""
+        await self.warm_up()
         c = self.classifier.classify(response)
         details.update(classification_details(c))
         scheduled = retry.next_attempt(deferrals=delivery.attempts + 1, queued_at=delivery.created, now=now)

@@ -73,7 +73,6 @@ class Worker:
         self._slot_freed.set()
 
     async def run(self) -> None:
-        await self.bounces.warm_up()
         housekeeping = asyncio.create_task(self._housekeeping())
         try:
             await self._claim_loop()
