@@ -204,7 +204,16 @@ def test_learned_model_reads_what_only_a_catch_all_matches(data: str, category: 
     reply = parse_reply(data)
     rule = next((r for r in Classifier().rules if r.matches(reply.text, reply.code, reply.status)), None)
     assert rule is None or rule.fallback  # the model decides these, not a specific rule
+    assert Classifier().needs_model(data) and not Classifier(learned=False).needs_model(data)
     assert classify(data).category == category
+
+
+def test_a_reply_a_rule_takes_never_waits_for_the_model() -> None:
+    # workers train the model only when a failure needs it: a rate-limit or blocklist reply that
+    # a rule knows must be acted on at once (the next transactions depend on it)
+    assert not Classifier().needs_model("451 4.7.28 rate limited, please slow down")
+    spamhaus = "554 5.7.1 Service unavailable; Client host [1.2.3.4] blocked using zen.spamhaus.org"
+    assert not Classifier().needs_model(spamhaus)
 
 
 def test_fallback_rules_defer_to_the_learned_model(tmp_path: Path) -> None:

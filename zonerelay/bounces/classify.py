@@ -239,6 +239,14 @@ class Classifier:
     def from_file(cls, rules_file: str | Path | None) -> Classifier:
         return cls(load_rules_file(Path(rules_file)) if rules_file else ())
 
+    def needs_model(self, data: str) -> bool:
+        """Whether classifying ``data`` asks the learned model: no rule, or only a catch-all,
+        matches it. Lets a caller train the model (a second of CPU) only when it is needed."""
+        if not self.learned:
+            return False
+        rule = _first(self.rules, parse_reply(data))
+        return rule is None or rule.fallback
+
     def classify(self, data: str) -> Classification:
         reply = parse_reply(data)
         rule = _first(self.rules, reply)

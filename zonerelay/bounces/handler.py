@@ -71,7 +71,8 @@ class BounceHandler:
         self, delivery: Delivery, response: str, details: dict[str, Any], now: float, retry: RetryPolicy
     ) -> tuple[DeliveryStatus, float | None, str]:
         """Status, next attempt and response to record for a failed attempt; fills ``details``."""
-        await self.warm_up()
+        if self.classifier.needs_model(response):  # rule-matched replies never wait for training
+            await self.warm_up()
         c = self.classifier.classify(response)
         details.update(classification_details(c))
         scheduled = retry.next_attempt(deferrals=delivery.attempts + 1, queued_at=delivery.created, now=now)
