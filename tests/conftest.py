@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.fixtures.receivers",
     "tests.fixtures.relay",
     "tests.fixtures.services",
+    "tests.fixtures.webhooks",
 ]

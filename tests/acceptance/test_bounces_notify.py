@@ -10,18 +10,15 @@ import email.utils
 import hashlib
 import hmac
 import json
-import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-from aiohttp import web
-
 from tests.fixtures.dns import DnsServer
-from tests.fixtures.receivers import RecordingReceiver, free_tcp_port
+from tests.fixtures.receivers import RecordingReceiver
 from tests.fixtures.relay import Relay
+from tests.fixtures.webhooks import WebhookReceiver
 
 RelayFactory = Callable[..., Relay]
 ReceiverFactory = Callable[..., RecordingReceiver]
@@ -68,69 +65,6 @@ async def test_bounced_recipients_share_one_dsn_delivered_to_the_sender(
     r.send("", ["nobody1@example.test"], MESSAGE)
     await asyncio.sleep(3)
     assert len(senders_mx.messages) == 1
-
-
-class WebhookReceiver:
-    """A real HTTP server (aiohttp, in its own thread) that records POSTs and can fail or go away."""
-
-    def __init__(self, fail_first: int) -> None:
-        self.port = free_tcp_port()
-        self.fail_left = fail_first
-        self.calls: list[tuple[str, bytes, str | None]] = []  # (path, body, signature)
-        self.lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._runner: web.AppRunner | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        with self.lock:
-            if self.fail_left > 0:
-                self.fail_left -= 1
-                return web.Response(status=500)
-            self.calls.append((request.path, body, request.headers.get("X-Zonerelay-Signature")))
-        return web.Response(status=204)
-
-    async def _start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/{path}", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def _stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    def start(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-
-    def close(self) -> None:
-        self.stop()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
-
-    def events(self) -> list[tuple[str, dict[str, Any], str | None]]:
-        with self.lock:
-            return [(path, json.loads(body), sig) for path, body, sig in self.calls]
-
-    def bodies(self) -> list[tuple[str, bytes, str | None]]:
-        with self.lock:
-            return list(self.calls)
-
-
-@pytest.fixture
-def webhook_receiver() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver(fail_first=2)
-    receiver.start()
-    yield receiver
-    receiver.close()
 
 
 def wait_until(predicate: Callable[[], bool], within: float, what: Callable[[], object]) -> None:

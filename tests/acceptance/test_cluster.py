@@ -21,6 +21,7 @@ from tests.fixtures.dns import DnsServer
 from tests.fixtures.receivers import RecordingReceiver
 from tests.fixtures.relay import Relay
 from tests.fixtures.services import OwnPostgres, start_own_postgres
+from tests.fixtures.webhooks import WebhookReceiver
 
 RelayFactory = Callable[..., Relay]
 ReceiverFactory = Callable[..., RecordingReceiver]
@@ -263,3 +264,63 @@ async def test_postgres_restart_under_load_loses_nothing(
         await asyncio.sleep(0.2)
     assert set(ids) == {f"<cluster-{n}@client.test>" for n in accepted}  # every 250 was delivered
     print(f"PostgreSQL restart: {len(accepted)} accepted, {len(refused)} refused with 4xx, none lost")
+
+
+async def test_one_instance_sends_dsns_and_webhooks_and_another_takes_over_after_kill_9(
+    postgres_dsn: str,
+    redis_url: str,
+    redis_prefix: str,
+    relay: RelayFactory,
+    dns_server: DnsServer,
+    recording_receiver: ReceiverFactory,
+    webhook_receiver: WebhookReceiver,
+) -> None:
+    webhook_receiver.fail_left = 0
+    destination = recording_receiver("127.0.0.33")
+    senders_mx = recording_receiver("127.0.0.34", port=destination.port)  # the zone's one port
+    destination.respond("rcpt", "550 5.1.1 <nobody@example.test>: user unknown", rcpt="nobody@example.test")
+    dns_server.add_mx("example.test", "mx.example.test").add_a("mx.example.test", destination.host)
+    dns_server.add_mx("example.com", "mx.example.com").add_a("mx.example.com", senders_mx.host).start()
+    common = {
+        "dns": {"nameservers": [dns_server.address], "timeout": 2},
+        "zones": {"default": {"port": destination.port}},
+        "webhooks": {"events_url": f"http://127.0.0.1:{webhook_receiver.port}/events"},
+    }
+    a = relay(cluster_settings(postgres_dsn, redis_url, redis_prefix, "a", **common), start=False)
+    assert a.cli("store", "migrate").returncode == 0
+    a.start()
+    b = relay(cluster_settings(postgres_dsn, redis_url, redis_prefix, "b", **common))
+    rcpts = ["ok@example.test", "nobody@example.test"]
+
+    def send_all(n: int) -> list[str]:
+        return [r.send("sender@example.com", rcpts, message(i)) for i in range(n, n + 10) for r in (a, b)]
+
+    def arrived(sent: list[str], within: float) -> None:
+        deadline = time.monotonic() + within
+        while True:
+            got = {e["id"] for _, e, _ in webhook_receiver.events()}
+            dsns = len(senders_mx.messages)
+            if set(sent) <= got and dsns >= len(sent):
+                return
+            assert time.monotonic() < deadline, (len(got), dsns, a.log()[-2000:], b.log()[-2000:])
+            time.sleep(0.2)
+
+    first = send_all(0)  # 20 messages, 20 DSNs
+    await asyncio.to_thread(arrived, first, 60)
+    await asyncio.sleep(2)  # time for any second copy to arrive
+    events = Counter(e["event_id"] for _, e, _ in webhook_receiver.events())
+    # 40 events of the messages and 20 of their DSNs' deliveries, each once: one sender in the
+    # cluster, not one per instance
+    assert len(events) == 60 and set(events.values()) == {1}
+    assert len(senders_mx.messages) == 20
+    senders = [r for r in (a, b) if "this instance sends the outbox" in r.log()]
+    assert len(senders) == 1, (a.log()[-2000:], b.log()[-2000:])
+    [sender] = senders
+    other = b if sender is a else a
+    assert "another instance sends the outbox" in other.log()
+
+    sender.kill9()  # its database connection, and with it the lock, goes with it
+    survivor_sends = [other.send("sender@example.com", rcpts, message(100 + i)) for i in range(5)]
+    await asyncio.to_thread(arrived, first + survivor_sends, 60)
+    assert "this instance sends the outbox" in other.log()
+    other.kill9()

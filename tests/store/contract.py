@@ -693,6 +693,10 @@ class StoreContract:
         assert await store.outbox_backlog() == {}
         assert await store.outbox_due(("webhook", "dsn"), T0 + 1000) == []
 
+    async def test_a_store_alone_sends_the_outbox_and_keeps_doing_so(self, store: QueueStore) -> None:
+        assert await store.outbox_lead()
+        assert await store.outbox_lead()  # kept, not taken anew
+
     async def test_notices_are_committed_with_the_message(self, store: QueueStore) -> None:
         dropped = Notice("webhook", {"event": "dropped", "seq": "002"})
         writer = await store.new_body("1a2b3c4d5e6f708192")

@@ -71,3 +71,63 @@ async def test_stores_of_different_instances_never_claim_the_same_delivery(postg
     finally:
         for s in stores:
             await s.close()
+
+
+async def next_sender(stores: list[PostgresStore]) -> PostgresStore:
+    """The one of ``stores`` that sends the outbox once it takes over (within seconds)."""
+    deadline = time.monotonic() + 10
+    while True:
+        leading = [s for s in stores if await s.outbox_lead()]
+        if leading:
+            [holder] = leading
+            return holder
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.2)
+
+
+async def test_one_instance_sends_the_outbox_and_another_takes_over_when_it_goes(
+    postgres_dsn: str, postgres_database: str
+) -> None:
+    stores = [PostgresStore(postgres_dsn) for _ in range(3)]
+    await stores[0].migrate()
+    for s in stores:
+        await s.open()
+    try:
+        leads = [await s.outbox_lead() for s in stores]
+        assert leads == [True, False, False]  # else every instance would send every DSN and webhook call
+        # the sender's connection is cut (as when its instance dies): the lock goes with it
+        conn = await asyncpg.connect(postgres_database)
+        try:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+        finally:
+            await conn.close()
+        holder = await next_sender(stores[1:])
+        assert not await stores[0].outbox_lead()  # it learns it lost the lock
+        # an orderly close hands it on too
+        await holder.close()
+        await next_sender([s for s in stores[1:] if s is not holder])
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_clusters_in_two_schemas_of_one_database_each_have_a_sender(postgres_database: str) -> None:
+    conn = await asyncpg.connect(postgres_database)
+    try:
+        for name in ("t_lead_a", "t_lead_b"):
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE; CREATE SCHEMA "{name}"')
+        stores = [PostgresStore(f"{postgres_database}?search_path={n}") for n in ("t_lead_a", "t_lead_b")]
+        for s in stores:
+            await s.migrate()
+            await s.open()
+        try:
+            assert [await s.outbox_lead() for s in stores] == [True, True]
+        finally:
+            for s in stores:
+                await s.close()
+    finally:
+        await conn.execute('DROP SCHEMA "t_lead_a" CASCADE; DROP SCHEMA "t_lead_b" CASCADE')
+        await conn.close()

@@ -378,3 +378,17 @@ async def test_two_processes_never_claim_the_same_delivery(tmp_path: Path) -> No
     assert not a & b
     assert len(a | b) == ROWS
     assert a and b  # both really competed
+
+
+async def test_one_of_two_stores_on_a_file_sends_the_outbox_until_it_closes(tmp_path: Path) -> None:
+    first, second = SqliteStore(tmp_path / "queue.db"), SqliteStore(tmp_path / "queue.db")
+    await first.open()
+    await second.open()
+    try:
+        assert await first.outbox_lead()
+        assert not await second.outbox_lead()  # else both would send every DSN and webhook call
+        await first.close()
+        assert await second.outbox_lead()
+    finally:
+        await first.close()
+        await second.close()

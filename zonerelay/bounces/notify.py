@@ -1,7 +1,8 @@
 """Telling the outside world, from the outbox: DSNs to senders and webhook POSTs.
 
 Workers store notices in the same transaction as an outcome (``Outcome.notices``); the
-supervisor runs ``Notifier``, which reads them back and sends them. A notice is removed only
+supervisor runs ``Notifier``, which reads them back and sends them; of several instances sharing
+a store, one sends (``QueueStore.outbox_lead``) and another takes over when it dies. A notice is removed only
 after it was sent (the DSN committed to the queue, the webhook answered 2xx), so a crash or
 ``kill -9`` anywhere means at worst a second copy, never a lost one. Failed webhook calls are
 retried with back-off (5 s, 10 s, 20 s ... up to ``max_backoff``); a message's later events wait
@@ -144,6 +145,7 @@ class Notifier:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._recheck: dict[tuple[str, str], float] = {}  # (message id, kind) -> next look
+        self._leading: bool | None = None  # whether this instance sends the outbox
 
     async def start(self) -> None:
         try:
@@ -171,7 +173,7 @@ class Notifier:
     async def _loop(self, round_: Any) -> None:
         while True:
             try:
-                busy = await round_()
+                busy = await self._lead() and await round_()
             except StoreError as exc:
                 log.warning("outbox: store unavailable (%s); retrying", exc)
                 busy = False
@@ -180,6 +182,16 @@ class Notifier:
                 busy = False
             if not busy:
                 await asyncio.sleep(POLL)
+
+    async def _lead(self) -> bool:
+        """Whether this instance sends the outbox now: one instance of a cluster does, or every
+        DSN and webhook call would go out once per instance."""
+        leading = await self.store.outbox_lead()
+        if leading != self._leading:
+            self._leading = leading
+            log.info("this instance sends the outbox (DSNs, webhooks)" if leading else
+                     "another instance sends the outbox; this one takes over if it stops")  # fmt: skip
+        return leading
 
     async def _gauges(self) -> None:
         """Outbox backlog and parked pairs as gauges (this process is the only one setting them)."""

@@ -326,6 +326,13 @@ class QueueStore(abc.ABC):
         """Entries waiting, by kind."""
         raise NotImplementedError
 
+    async def outbox_lead(self) -> bool:
+        """Whether this store object is the one that sends the outbox now. One holder at a time
+        across every process and instance that shares the store (else each would send every
+        DSN and webhook call); the holder keeps it until it closes, and one that dies or loses
+        its connection frees it for another. Asked before every round: cheap when held."""
+        raise NotImplementedError
+
     # -- operator actions (HTTP API) -------------------------------------------------------
     @abc.abstractmethod
     async def retry_now(

@@ -109,6 +109,11 @@ _GC_CHUNK_BUDGET = 64
 _GC_ROW_BATCH = 500
 _GC_MESSAGE_BATCH = 100
 _LOCK_ID = 0x7A6F6E6572656C61  # pg_advisory_xact_lock key of `store migrate` ("zonerela")
+# The outbox sender's session advisory lock. Advisory locks are per database, so the key names
+# the schema too: two clusters in two schemas of one database each have their own sender.
+_OUTBOX_LOCK = "SELECT pg_try_advisory_lock(hashtextextended('zonerelay outbox ' || current_schema(), 0))"
+_LEAD_CHECK = 1.0  # seconds the outbox sender trusts its lock connection without asking
+_LEAD_RETRY = 2.0  # seconds between tries of an instance that does not send the outbox
 
 _PENDING_SQL = "status IN ('queued','deferred')"
 _FINAL_SQL = "status IN ('delivered','bounced')"
@@ -538,6 +543,8 @@ class PostgresStore(GroupCommitStore):
         self._n_writers = writers
         self._writers: list[asyncio.Task[None]] = []
         self._closed = False
+        self._lead_conn: Conn | None = None  # holds the outbox lock while this store sends it
+        self._lead_next = 0.0  # monotonic time of the next check (held) or try (not held)
 
     # -- schema ---------------------------------------------------------------------------
     async def _connect(self) -> Conn:
@@ -617,6 +624,7 @@ class PostgresStore(GroupCommitStore):
         if self._writers:
             self._queue.put_nowait(None)  # after every write already queued
             await asyncio.gather(*self._writers, return_exceptions=True)
+        await self._drop_lead()
         if self._pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._pool.close(), 10)
@@ -898,6 +906,44 @@ class PostgresStore(GroupCommitStore):
             limit,
         )
         return [outbox_entry(r) for r in rows]
+
+    async def outbox_lead(self) -> bool:
+        # A session advisory lock on a connection of its own: PostgreSQL frees it when that
+        # connection ends, so a dead instance's lock goes with its TCP connection.
+        now = time.monotonic()
+        if now < self._lead_next:
+            return self._lead_conn is not None
+        if self._lead_conn is not None:
+            try:
+                await self._lead_conn.fetchval("SELECT 1", timeout=self._timeout)
+                self._lead_next = now + _LEAD_CHECK
+                return True
+            except BaseException as exc:
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                await self._drop_lead()
+        self._lead_next = now + _LEAD_RETRY
+        if self._closed:
+            return False
+        conn = await self._connect()
+        try:
+            held = bool(await conn.fetchval(_OUTBOX_LOCK))
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=self._timeout)
+            raise _map_error(exc) from exc
+        if not held:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=self._timeout)
+            return False
+        self._lead_conn, self._lead_next = conn, now + _LEAD_CHECK
+        return True
+
+    async def _drop_lead(self) -> None:
+        conn, self._lead_conn = self._lead_conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=self._timeout)
 
     async def outbox_backlog(self) -> dict[str, int]:
         rows = await self._fetch("SELECT kind, count(*) FROM outbox GROUP BY kind")

@@ -50,6 +50,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import queue
 import secrets
 import sqlite3
@@ -616,6 +618,17 @@ def _read_chunks(conn: sqlite3.Connection, mid: str, idx: int) -> list[tuple[int
     return rows
 
 
+def _try_lock(path: Path) -> int | None:
+    """An open descriptor of ``path`` holding its exclusive flock, or None if another has it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class SqliteStore(GroupCommitStore):
     """QueueStore on one SQLite file; see the module docstring for threads and durability."""
 
@@ -661,6 +674,7 @@ class SqliteStore(GroupCommitStore):
         # An empty suppression list (the usual case) is believed for a second without asking:
         # saves a reader round trip per ingested message. Changes made through this store reset it.
         self._suppression_empty_until = 0.0
+        self._lead_fd: int | None = None  # the locked file while this store sends the outbox
 
     # -- plumbing -------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -878,6 +892,9 @@ class SqliteStore(GroupCommitStore):
             for conn in self._read_conns:
                 conn.close()
             self._read_conns.clear()
+        if self._lead_fd is not None:
+            os.close(self._lead_fd)  # frees the lock
+            self._lead_fd = None
 
     # -- ingest ---------------------------------------------------------------------------
     async def new_body(self, message_id: str) -> BodyWriter:
@@ -1002,6 +1019,13 @@ class SqliteStore(GroupCommitStore):
         if not kinds or limit <= 0:
             return []
         return await self._read(_read_outbox_due, kinds, now, limit, ordered)
+
+    async def outbox_lead(self) -> bool:
+        # An flock on a file beside the database: the kernel frees it when the process ends,
+        # however it ends, so a second `serve` on the same file takes over from a dead one.
+        if self._lead_fd is None and not self._closed:
+            self._lead_fd = _try_lock(self.path.with_name(self.path.name + ".outbox-lock"))
+        return self._lead_fd is not None
 
     async def outbox_backlog(self) -> dict[str, int]:
         return await self._read(_read_outbox_backlog)
