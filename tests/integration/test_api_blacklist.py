@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import contextlib
 import io
 import json
 import socket
@@ -283,6 +284,11 @@ async def test_an_unreachable_redis_is_a_503_not_an_empty_list(tmp_path: Path) -
         for method, path in [("GET", "/blacklist"), ("GET", "/slowdowns"), ("DELETE", "/blacklist?all=true")]:
             status, body = await api.call(method, path)
             assert (status, body["code"]) == (503, "coordination_unavailable"), path
+    # and the command line says so, rather than print an empty list
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert await asyncio.to_thread(queue_blacklist, config, True, None, out) == 1
+    assert out.getvalue() == "" and "cannot read parked pairs and slow-downs" in err.getvalue()
 
 
 async def test_the_routes_need_the_api_credentials(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 from zonerelay.bounces.classify import Classifier, RulesError
 from zonerelay.bounces.parking import PARK_PREFIX, SLOW_PREFIX, read_slowdown, split_park_key, split_slow_key
 from zonerelay.config import Config
-from zonerelay.coord.base import Parked
+from zonerelay.coord.base import CoordinationUnavailable, Coordinator, Parked
 from zonerelay.zones.limits import base_connections
 
 _STRIKES_UNTIL = re.compile(r"^x\d+ until=\S+ ?")
@@ -77,42 +77,51 @@ def slowed_rows(config: Config, entries: list[Parked], now: float) -> list[dict[
 def queue_blacklist(config: Config, as_json: bool, clear: str | None, stdout: TextIO = sys.stdout) -> int:
     """List the parked (local IP, MX host) pairs and the slowed destinations, or clear one
     (KEY, or "all" parked pairs)."""
-    from zonerelay.coord import open_coordinator
+    from zonerelay.coord import FallbackCoordinator, open_coordinator
 
     async def run() -> int:
-        coordinator = open_coordinator(config, processes=1)
-        await coordinator.open()
+        opened = open_coordinator(config, processes=1)
+        # the shared coordinator itself: a fallback's process-local copy would list nothing
+        # while Redis is away, as if nothing were parked
+        coordinator = opened.primary if isinstance(opened, FallbackCoordinator) else opened
         try:
-            entries = await coordinator.parked(time.time(), PARK_PREFIX)
-            if clear is not None:
-                keys = [e.key for e in entries] if clear == "all" else [clear]
-                cleared = [k for k in keys if await coordinator.unpark(k)]
-                if as_json:
-                    print(json.dumps({"cleared": cleared}), file=stdout)
-                else:
-                    for key in cleared:
-                        print(f"cleared {key}", file=stdout)
-                return 0 if cleared or clear == "all" else 1
-            rows = [blacklist_row(entry) for entry in sorted(entries, key=lambda e: e.until)]
-            now = time.time()
-            slowed = slowed_rows(config, await coordinator.parked(now, SLOW_PREFIX), now)
-            if as_json:
-                print(json.dumps({"blacklist": rows, "slowed": slowed}, indent=2), file=stdout)
-            else:
-                print(f"{'LOCAL ADDRESS':40} {'MX':32} {'UNTIL':20} REASON", file=stdout)
-                for row in rows:
-                    print(f"{row['local_address']:40} {row['mx']:32} {row['until']:20} {row['reason']}",
-                          file=stdout)  # fmt: skip
-                if slowed:
-                    print(f"\n{'SLOWED (rate limit)':40} {'CONNECTIONS':12} {'GAP':8} {'PAUSED UNTIL':20} "
-                          f"{'FULL SPEED AT':20} REASON", file=stdout)  # fmt: skip
-                for s in slowed:
-                    cap = "paused" if s["paused"] else f"{s['connections']}/{s['full_connections']}"
-                    where = f"{s['zone']}/{s['destination']}"
-                    print(f"{where:40} {cap:12} {s['gap']:<8g} {s['paused_until']:20} {s['recovers']:20} "
-                          f"{s['reason']}", file=stdout)  # fmt: skip
-            return 0
+            await coordinator.open()
+            return await answer(coordinator)
+        except CoordinationUnavailable as exc:
+            print(f"zonerelay: cannot read parked pairs and slow-downs: {exc}", file=sys.stderr)
+            return 1
         finally:
             await coordinator.close()
+
+    async def answer(coordinator: Coordinator) -> int:
+        entries = await coordinator.parked(time.time(), PARK_PREFIX)
+        if clear is not None:
+            keys = [e.key for e in entries] if clear == "all" else [clear]
+            cleared = [k for k in keys if await coordinator.unpark(k)]
+            if as_json:
+                print(json.dumps({"cleared": cleared}), file=stdout)
+            else:
+                for key in cleared:
+                    print(f"cleared {key}", file=stdout)
+            return 0 if cleared or clear == "all" else 1
+        rows = [blacklist_row(entry) for entry in sorted(entries, key=lambda e: e.until)]
+        now = time.time()
+        slowed = slowed_rows(config, await coordinator.parked(now, SLOW_PREFIX), now)
+        if as_json:
+            print(json.dumps({"blacklist": rows, "slowed": slowed}, indent=2), file=stdout)
+        else:
+            print(f"{'LOCAL ADDRESS':40} {'MX':32} {'UNTIL':20} REASON", file=stdout)
+            for row in rows:
+                print(f"{row['local_address']:40} {row['mx']:32} {row['until']:20} {row['reason']}",
+                      file=stdout)  # fmt: skip
+            if slowed:
+                print(f"\n{'SLOWED (rate limit)':40} {'CONNECTIONS':12} {'GAP':8} {'PAUSED UNTIL':20} "
+                      f"{'FULL SPEED AT':20} REASON", file=stdout)  # fmt: skip
+            for s in slowed:
+                cap = "paused" if s["paused"] else f"{s['connections']}/{s['full_connections']}"
+                where = f"{s['zone']}/{s['destination']}"
+                print(f"{where:40} {cap:12} {s['gap']:<8g} {s['paused_until']:20} {s['recovers']:20} "
+                      f"{s['reason']}", file=stdout)  # fmt: skip
+        return 0
 
     return asyncio.run(run())
