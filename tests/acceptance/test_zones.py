@@ -234,6 +234,39 @@ async def test_a_destination_rate_holds_across_two_worker_processes(
     assert free[0] - started < 3.0  # other destinations are not held up
 
 
+async def test_a_backlog_for_a_rate_limited_domain_does_not_fill_the_worker(
+    relay: RelayFactory, dns_server: DnsServer, recording_receiver: ReceiverFactory
+) -> None:
+    receiver = recording_receiver("127.0.0.10")
+    serve_domains(dns_server, receiver, "rated.test", "free.test")
+    dns_server.start()
+    zone = {"port": receiver.port, "domain_config": {"rated.test": {"rate": "2/1h"}}}
+    r = relay(
+        {
+            "dns": {"nameservers": [dns_server.address], "timeout": 2},
+            "zones": {"default": zone},
+            "delivery": {"concurrency": 3},  # fewer places than rated.test has messages waiting
+        }
+    )
+    rated = [r.send("a@plain.test", ["rcpt@rated.test"], message(f"rated {n}")) for n in range(8)]
+    await arrival_times(receiver, 2, within=20)  # the hour's two tokens
+    started = time.monotonic()
+    for n in range(5):
+        r.send("a@plain.test", ["rcpt@free.test"], message(f"free {n}"))
+    await arrival_times(receiver, 7, within=20)
+    assert time.monotonic() - started < 10  # not stuck behind the six that wait for the next hour
+    assert sum(m.rcpt_tos == ("rcpt@rated.test",) for m in receiver.messages) == 2
+    # the six wait in the queue (not in the worker), not as attempts, and come back spaced
+    # half an hour apart (the rate's pace), not all at once
+    waiting = [d for q in rated if (d := r.show(q)["messages"][0])["status"] != "delivered"]
+    assert len(waiting) == 6
+    assert {(d["status"], d["attempts"], d["last_response"]) for d in waiting} == {
+        ("queued", 0, "waiting for the rate")
+    }
+    returns = sorted(d["next_attempt"] for d in waiting)
+    assert len(set(returns)) == 6, returns
+
+
 async def test_idle_connections_of_one_worker_do_not_starve_another(
     relay: RelayFactory, dns_server: DnsServer, recording_receiver: ReceiverFactory
 ) -> None:

@@ -21,7 +21,7 @@ from zonerelay.bounces.parking import Parking, next_attempt
 from zonerelay.config import Config
 from zonerelay.coord.base import Coordinator
 from zonerelay.delivery.retry import RetryPolicy
-from zonerelay.store.base import Delivery, DeliveryStatus, Outcome, QueueStore, StoreError
+from zonerelay.store.base import Delivery, DeliveryStatus
 from zonerelay.zones.limits import base_connections, slow_target
 from zonerelay.zones.pools import Pools
 
@@ -101,22 +101,3 @@ class BounceHandler:
 
     async def slowed_until(self, zone: str, domain: str) -> float | None:
         return await self.parking.slowed_until(zone, domain, time.time())
-
-    async def hold(self, store: QueueStore, owner: str, batch: list[Delivery], until: float) -> None:
-        """Give deliveries to a slowed-down destination back until the pause ends (not an attempt)."""
-        now = time.time()
-        for delivery in batch:
-            outcome = Outcome(
-                status=DeliveryStatus.DEFERRED,
-                response=delivery.last_response or "destination paused after a rate-limit reply",
-                time=now,
-                next_attempt=until,
-                details={"held": "rate_limit", "zone": delivery.zone, "domain": delivery.domain},
-                counts_as_attempt=False,
-            )
-            try:
-                await store.record_outcome(delivery.key, owner, outcome)
-            except StoreError as exc:
-                log.error("could not hold %s.%s: %s", delivery.id, delivery.seq, exc)
-        log.info("held %d deliveries to %s/%s until %s (rate limited)", len(batch), batch[0].zone,
-                 batch[0].domain, time.strftime("%H:%M:%SZ", time.gmtime(until)))  # fmt: skip

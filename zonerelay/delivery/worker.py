@@ -30,12 +30,22 @@ from zonerelay.delivery.transport import DestinationPaused, Transport, Verdict
 from zonerelay.logs import setup_logging
 from zonerelay.store import open_store
 from zonerelay.store.base import Delivery, DeliveryStatus, Outcome, QueueStore, StoreError, StoreUnavailable
-from zonerelay.zones.limits import Limits
+from zonerelay.zones.limits import Limits, RateExhausted
 
 log = logging.getLogger("zonerelay.delivery")
 
 #: Longest idle sleep between two looks at the queue (a new message waits at most this).
 IDLE_POLL = 0.25
+#: A delivery cut short by a queue store failure is tried again this soon (not an attempt).
+STORE_RETRY = 5.0
+#: Pauses between tries to record an outcome while the store is away (about 15 s in all).
+RECORD_RETRIES = (0.5, 1.0, 2.0, 4.0, 8.0)
+#: The response shown for a held delivery that has none yet, by why it is held.
+_HELD = {
+    "rate_limit": "destination paused after a rate-limit reply",
+    "rate": "waiting for the rate",
+    "store": "queue store unavailable during delivery",
+}
 SHUTDOWN_GRACE = 20.0
 
 
@@ -63,6 +73,7 @@ class Worker:
         self._inflight: dict[tuple[str, str], Delivery] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
+        self._turns: dict[str, float] = {}  # rate key -> when the next delivery given back returns
         self._stopping = asyncio.Event()
         self._destination_slots: dict[tuple[str, str], asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(config.delivery.destination_concurrency)
@@ -133,13 +144,20 @@ class Worker:
                     try:
                         verdicts = await self.transport.deliver(zone, domain, message, batch)
                     except DestinationPaused as paused:  # it said "too fast": not an attempt
-                        await self.bounces.hold(self.store, self.owner, batch, paused.until)
+                        await self._hold(batch, paused.until, "rate_limit")
+                        return
+                    except RateExhausted as full:  # the zone's own rate: come back at its turn
+                        await self._hold(batch, self._turn(full), "rate")
                         return
             for delivery in batch:
                 await self._record(delivery, verdicts[delivery.key])
         except asyncio.CancelledError:
             await self._give_back(batch)
             raise
+        except StoreError as exc:  # our own store failed (say, reading the body): not an attempt
+            log.warning("queue store failed during delivery of %s to %s (%s); trying again in %gs",
+                        batch[0].id, domain, exc, STORE_RETRY)  # fmt: skip
+            await self._hold(batch, time.time() + STORE_RETRY, "store")
         except Exception:
             log.exception("delivery of %s to %s failed unexpectedly; deferring", batch[0].id, domain)
             for delivery in batch:
@@ -151,6 +169,53 @@ class Worker:
             for delivery in batch:
                 self._inflight.pop(delivery.key, None)
             self._slot_freed.set()
+
+    def _turn(self, full: RateExhausted) -> float:
+        """When a delivery that found ``full.key`` exhausted comes back: each one this worker
+        gives back gets the next token after the previous one's, so a backlog returns at the
+        rate's pace instead of all at once (to be given back again, all but one)."""
+        now = time.time()
+        at = max(now + full.wait, self._turns.get(full.key, 0.0))
+        self._turns[full.key] = at + full.period / full.count
+        if len(self._turns) > 1000:
+            self._turns = {k: t for k, t in self._turns.items() if t > now}
+        return at
+
+    async def _hold(self, batch: list[Delivery], until: float, why: str) -> None:
+        """Give ``batch`` back to the queue until ``until`` without counting an attempt: its
+        destination is paused after a rate-limit reply (``rate_limit``), its zone's rate has
+        no token for it yet (``rate``), or the queue store failed mid-way (``store``)."""
+        now = time.time()
+        paused = why == "rate_limit"
+        waiting = _HELD[why]
+        for delivery in batch:
+            outcome = Outcome(
+                status=DeliveryStatus.DEFERRED,
+                response=delivery.last_response or waiting,
+                time=now,
+                next_attempt=until,
+                details={"held": why, "zone": delivery.zone, "domain": delivery.domain},
+                counts_as_attempt=False,
+            )
+            await self._store_outcome(delivery, outcome)
+        log.log(logging.INFO if paused else logging.DEBUG,
+                "held %d deliveries to %s/%s until %s (%s)", len(batch), batch[0].zone, batch[0].domain,
+                time.strftime("%H:%M:%SZ", time.gmtime(until)), waiting)  # fmt: skip
+
+    async def _store_outcome(self, delivery: Delivery, outcome: Outcome) -> bool:
+        """Record ``outcome``, trying again for a while if the store is away (a restart of
+        PostgreSQL takes seconds; the worker renews the lease meanwhile). If it stays away, the
+        lease expires and the delivery is tried again: a duplicate at worst, never a loss."""
+        for pause in (*RECORD_RETRIES, None):
+            try:
+                await self.store.record_outcome(delivery.key, self.owner, outcome)
+                return True
+            except StoreError as exc:
+                if pause is None or self._stopping.is_set():
+                    log.error("could not record outcome for %s.%s: %s", delivery.id, delivery.seq, exc)
+                    return False
+                await asyncio.sleep(pause)
+        return False
 
     async def _give_back(self, batch: list[Delivery]) -> None:
         keys = [d.key for d in batch if d.key in self._inflight]
@@ -172,12 +237,8 @@ class Worker:
             status=status, response=response, time=now, next_attempt=next_attempt, details=details,
             notices=notices_for(self.config, delivery, status, response, details, now),  # webhooks, DSN
         )  # fmt: skip
-        try:
-            await self.store.record_outcome(delivery.key, self.owner, outcome)
+        if await self._store_outcome(delivery, outcome):
             metrics.DELIVERY_STATUS.labels(result=metrics.result(status.value), zone=delivery.zone).inc()
-        except StoreError as exc:
-            # The lease will expire and the delivery will be tried again: a duplicate at worst.
-            log.error("could not record outcome for %s.%s: %s", delivery.id, delivery.seq, exc)
         log.info(
             "%s id=%s seq=%s to=<%s> zone=%s mx=%s ip=%s local=%s tls=%s attempt=%d duration=%s "
             "next=%s response=%r",

@@ -17,10 +17,12 @@ the whole cluster, so they live in the Coordinator:
   key, so a new strike starts a new limit group: pooled connections opened before it are not
   reused, and this process closes its idle ones at once (``retire_stale``).
 
-A delivery that cannot get a slot or token waits, keeping its lease (the worker renews the
-leases of everything in flight): waiting is not an attempt and never an error, and it costs
-no store writes. (The price: a waiting delivery occupies one of its worker's `concurrency`
-places.) A process that waits for a slot parks ``want:<key>``; the processes holding that
+A delivery that cannot get a slot, or a token due within HOLD_AFTER seconds, waits, keeping
+its lease (the worker renews the leases of everything in flight): waiting is not an attempt
+and never an error, and it costs no store writes. A token further away raises RateExhausted:
+the worker gives the delivery back to the queue until its turn, so that a backlog for one
+slow destination does not fill the worker's `concurrency` places and starve the others.
+A process that waits for a slot parks ``want:<key>``; the processes holding that
 key close their pooled connections idle for a second or more, so that idle connections in one
 worker never starve another for the whole idle_connection_seconds.
 """
@@ -49,10 +51,21 @@ RENEW_EVERY = SLOT_TTL / 3
 MAX_POLL = 1.0
 #: A process waiting for a slot parks ``want:<key>`` this long; others holding the key close
 #: connections of theirs idle for at least WANT_GRACE, checking every WANT_CHECK seconds.
+#: A rate token further away than this is not waited for in memory (RateExhausted).
+HOLD_AFTER = 2.0
 WANT_PREFIX = "want:"
 WANT_TTL = 3.0
 WANT_GRACE = 1.0
 WANT_CHECK = 1.0
+
+
+class RateExhausted(Exception):
+    """The next token of rate ``key`` (``count`` per ``period`` seconds) is ``wait`` seconds
+    away, more than HOLD_AFTER: the delivery should leave its worker place and come back then."""
+
+    def __init__(self, key: str, count: int, period: float, wait: float) -> None:
+        super().__init__(f"{key}: next token in {wait:.1f}s")
+        self.key, self.count, self.period, self.wait = key, count, period, wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +321,8 @@ class Limits:
     ) -> bool:
         """Wait for one message token of each of ``dest``'s rates not in ``taken`` (and note
         each one there). False, with the rest not taken, when ``changed()`` says, while
-        waiting, that ``dest``'s limits no longer apply (a slow-down's gap ended or changed)."""
+        waiting, that ``dest``'s limits no longer apply (a slow-down's gap ended or changed);
+        RateExhausted when a token is more than HOLD_AFTER seconds away."""
         taken = set() if taken is None else taken
         for key, count, period in dest.rates:
             while key not in taken:
@@ -320,6 +334,8 @@ class Limits:
                 if wait <= 0:
                     taken.add(key)
                     break
+                if wait > HOLD_AFTER:
+                    raise RateExhausted(key, count, period, wait)
                 await asyncio.sleep(min(wait, MAX_POLL) + random.random() * 0.01)
                 if changed is not None and await changed():
                     return False
