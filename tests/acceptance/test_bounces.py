@@ -101,6 +101,25 @@ async def test_blocklisted_source_ip_is_parked_and_the_other_pool_address_carrie
     assert json.loads(r.cli("queue", "blacklist", "--json").stdout)["blacklist"] == []
 
 
+async def test_a_greylisted_delivery_is_retried_from_the_same_source_address(
+    relay: RelayFactory, dns_server: DnsServer, recording_receiver: ReceiverFactory
+) -> None:
+    # greylisting remembers (client IP, sender, recipient): a retry from another address of the
+    # pool would be greylisted afresh, so the back-off retry keeps the first attempt's address
+    receiver = recording_receiver("127.0.0.33")
+    pool = ["127.0.0.43", "127.0.0.44", "127.0.0.45"]
+    receiver.respond("rcpt", "450 4.2.0 <grey@example.test>: Recipient address rejected: Greylisted", times=1)
+    settings = route_to(dns_server, receiver)
+    settings["zones"]["default"]["pool"] = [{"address": a} for a in pool]
+    settings["queue"] = {"defer_times": [0.02]}  # the retry 1.2 s later
+    r = relay(settings)
+    queue_id = r.send("sender@example.com", ["grey@example.test"], MESSAGE)
+    [message] = await receiver.wait_messages(1, within=20)
+    deferred, delivered = r.wait_status(queue_id, {"delivered"})["events"]
+    assert (deferred["status"], deferred["category"], deferred["action"]) == ("deferred", "greylist", "defer")
+    assert delivered["local_address"] == deferred["local_address"] == message.peer[0]
+
+
 def test_check_bounce_command(relay: RelayFactory) -> None:
     r = relay(start=False)
     import subprocess
