@@ -44,7 +44,9 @@ CATEGORIES: tuple[str, ...] = Category.__args__  # type: ignore[attr-defined]
 DEFERRED_PERMANENT = frozenset({"blacklist", "rate_limit", "mailbox_full", "greylist"})
 
 # "550-5.1.1 text" / "550 5.1.1 text" / "550 text" at the start of a line, maybe after "smtp;"
-_LINE = re.compile(r"^\s*(?:smtp;\s*)?([245]\d\d)(?:[ -]|$)(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?\s?(.*)$")
+_LINE = re.compile(r"^\s*(?:smtp;\s*)?([245]\d\d)(?:[ -]|:\s?|$)(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?\s?(.*)$")
+# a reply reported by its enhanced status alone ("5.2.0 Email size exceeded ..."): no code
+_STATUS_FIRST = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\s")
 _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 # an inline continuation "... 550-5.1.1 more text" inside one line (replies joined by a logger)
 _INLINE = re.compile(r"\s\d{3}[ -](?:[245]\.\d{1,3}\.\d{1,3}\s)?")
@@ -116,7 +118,9 @@ def parse_reply(data: str) -> ParsedReply:
             status = match.group(2)
         parts.append(match.group(3).strip())
     text = " ".join(p for p in parts if p)
-    if code is not None:
+    if code is None and (leading := _STATUS_FIRST.match(data)):
+        status = leading.group(1)
+    elif code is not None:
         text = _INLINE.sub(" ", " " + text).strip()
         if status is None:
             found = _STATUS.search(text)
@@ -219,9 +223,13 @@ def _fallback(code: int | None, status: str | None) -> str:
     return {552: "size", 553: "recipient"}.get(code, "other")
 
 
-def decide_action(category: str, code: int | None, rule_action: Action | None = None) -> Action:
-    """A 4xx (or no reply) is never final; some 5xx are retried anyway."""
-    if code is None or code < 500:
+def decide_action(
+    category: str, code: int | None, rule_action: Action | None = None, status: str | None = None
+) -> Action:
+    """A 4xx (or no reply) is never final; some 5xx are retried anyway. Without a code, a
+    permanent (5.x.x) enhanced status stands for a 5xx."""
+    permanent = code >= 500 if code is not None else status is not None and status.startswith("5")
+    if not permanent:
         return "defer"
     if rule_action is not None:
         return rule_action
@@ -262,7 +270,7 @@ class Classifier:
         else:
             category = _fallback(reply.code, reply.status)
             message, rule_action = _MESSAGES[category], None
-        action = decide_action(category, reply.code, rule_action)
+        action = decide_action(category, reply.code, rule_action, reply.status)
         return Classification(category, action, message, reply.code, reply.status)
 
 
