@@ -75,6 +75,28 @@ def wait_until(predicate: Callable[[], bool], within: float, what: Callable[[], 
         time.sleep(0.1)
 
 
+async def test_a_message_with_hundreds_of_failed_recipients_gets_one_dsn(
+    relay: RelayFactory, dns_server: DnsServer, recording_receiver: ReceiverFactory
+) -> None:
+    destination = recording_receiver("127.0.0.54")
+    senders_mx = recording_receiver("127.0.0.55", port=destination.port)
+    destination.respond("rcpt", "550 5.1.1 Recipient address rejected: User unknown")  # every one
+    dns_server.add_mx("example.test", "mx.example.test").add_a("mx.example.test", destination.host)
+    dns_server.add_mx("example.com", "mx.example.com").add_a("mx.example.com", senders_mx.host)
+    dns_server.start()
+    r = relay({"dns": {"nameservers": [dns_server.address], "timeout": 2},
+               "zones": {"default": {"port": destination.port}}})  # fmt: skip
+    rcpts = [f"nobody{n}@example.test" for n in range(250)]  # more than one outbox read (200)
+    queue_id = r.send("sender@example.com", rcpts, MESSAGE)
+    r.wait_status(queue_id, {"bounced"}, timeout=60)
+    [dsn] = await senders_mx.wait_messages(1, within=30)
+    await asyncio.sleep(2)  # a second DSN would have arrived by now
+    assert len(senders_mx.messages) == 1
+    status = email.message_from_bytes(dsn.data, policy=email.policy.default).get_payload()[1]
+    _per_message, *per_recipient = status.get_payload()
+    assert sorted(p["Final-Recipient"] for p in per_recipient) == sorted(f"rfc822; {a}" for a in rcpts)
+
+
 async def test_webhooks_survive_failures_downtime_and_kill_9(
     relay: RelayFactory,
     dns_server: DnsServer,

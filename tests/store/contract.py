@@ -689,6 +689,9 @@ class StoreContract:
         [dsn] = await store.outbox_due(("dsn",), T0 + 100)
         assert dsn.message_id == a.id
         assert len(await store.outbox_due(("webhook", "dsn"), T0 + 100, ordered=False)) == 2
+        of_a = await store.outbox_due(("webhook",), T0 + 100, message_id=a.id)
+        assert [e.oid for e in of_a] == [second.oid]
+        assert await store.outbox_due(("webhook",), T0 + 100, message_id=b.id) == []
         await store.outbox_done([second.oid, dsn.oid])
         assert await store.outbox_backlog() == {}
         assert await store.outbox_due(("webhook", "dsn"), T0 + 1000) == []

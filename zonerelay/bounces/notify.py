@@ -48,6 +48,7 @@ DSN_SETTLE = 1.0  # a notice this old: outcomes of one batch, recorded one by on
 DSN_GROUP_MAX = 300.0
 DSN_RECHECK = 1.0  # seconds between looks at a message whose DSN is still waiting
 DSN_BATCH = 200
+DSN_MAX_RECIPIENTS = 10_000  # in one DSN; a message with more failed recipients gets several
 FIRST_RETRY = 5.0
 PARALLEL_POSTS = 8
 GAUGE_INTERVAL = 5.0
@@ -225,11 +226,13 @@ class Notifier:
                 self._recheck[key] = now + DSN_RECHECK
         if not ready:
             return False
-        # Read again: the notice of every outcome the deliveries above show is visible now (it
-        # was committed with the outcome), so a recipient that failed meanwhile is not left out.
-        latest = await self._dsn_due(time.time())
+        # Read the message's notices again, all of them (not just those in the first batch):
+        # the notice of every outcome the deliveries above show is visible now (it was
+        # committed with the outcome), so no recipient that failed meanwhile is left out.
         for (message_id, kind), deliveries in ready.items():
-            notices = latest.get((message_id, kind))
+            notices = await self.store.outbox_due(
+                (kind,), time.time(), DSN_MAX_RECIPIENTS, ordered=False, message_id=message_id
+            )
             if not notices:
                 continue
             try:

@@ -308,10 +308,17 @@ class QueueStore(abc.ABC):
 
     # -- outbox (notifications written with outcomes; zonerelay/bounces/) ---------------------
     async def outbox_due(
-        self, kinds: tuple[str, ...], now: float, limit: int = 100, *, ordered: bool = True
+        self,
+        kinds: tuple[str, ...],
+        now: float,
+        limit: int = 100,
+        *,
+        ordered: bool = True,
+        message_id: str | None = None,
     ) -> list[OutboxEntry]:
         """Entries of ``kinds`` due at ``now``, oldest first. ``ordered``: leave out any entry of
-        a message that has an older entry of the same kind still waiting (in order per message)."""
+        a message that has an older entry of the same kind still waiting (in order per message).
+        ``message_id``: only that message's entries."""
         raise NotImplementedError
 
     async def outbox_done(self, oids: list[int]) -> None:

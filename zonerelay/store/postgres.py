@@ -889,7 +889,13 @@ class PostgresStore(GroupCommitStore):
 
     # -- outbox -------------------------------------------------------------------------
     async def outbox_due(
-        self, kinds: tuple[str, ...], now: float, limit: int = 100, *, ordered: bool = True
+        self,
+        kinds: tuple[str, ...],
+        now: float,
+        limit: int = 100,
+        *,
+        ordered: bool = True,
+        message_id: str | None = None,
     ) -> list[OutboxEntry]:
         if not kinds or limit <= 0:
             return []
@@ -900,10 +906,11 @@ class PostgresStore(GroupCommitStore):
         rows = await self._fetch(
             "SELECT oid, kind, message_id, payload, created, attempts, next_try, last_error FROM outbox o"
             f" WHERE kind = ANY($1::text[]) AND next_try <= $2{first if ordered else ''}"
-            " ORDER BY oid LIMIT $3",
+            " AND ($4::text IS NULL OR message_id = $4) ORDER BY oid LIMIT $3",
             list(kinds),
             now,
             limit,
+            message_id,
         )
         return [outbox_entry(r) for r in rows]
 

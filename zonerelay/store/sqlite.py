@@ -382,7 +382,12 @@ def _op_outcome(conn: sqlite3.Connection, mid: str, seq: str, owner: str, o: Out
 
 
 def _read_outbox_due(
-    conn: sqlite3.Connection, kinds: tuple[str, ...], now: float, limit: int, ordered: bool
+    conn: sqlite3.Connection,
+    kinds: tuple[str, ...],
+    now: float,
+    limit: int,
+    ordered: bool,
+    message_id: str | None,
 ) -> list[OutboxEntry]:
     marks = ", ".join("?" * len(kinds))
     first = (
@@ -391,9 +396,11 @@ def _read_outbox_due(
     )
     sql = (
         "SELECT oid, kind, message_id, payload, created, attempts, next_try, last_error FROM outbox o"
-        f" WHERE kind IN ({marks}) AND next_try <= ?{first if ordered else ''} ORDER BY oid LIMIT ?"
+        f" WHERE kind IN ({marks}) AND next_try <= ?{first if ordered else ''}"
+        f"{' AND message_id = ?' if message_id is not None else ''} ORDER BY oid LIMIT ?"
     )
-    return [outbox_entry(r) for r in conn.execute(sql, (*kinds, now, limit))]
+    one = (message_id,) if message_id is not None else ()
+    return [outbox_entry(r) for r in conn.execute(sql, (*kinds, now, *one, limit))]
 
 
 def _op_outbox_done(conn: sqlite3.Connection, oids: list[int]) -> None:
@@ -1014,11 +1021,17 @@ class SqliteStore(GroupCommitStore):
 
     # -- outbox -------------------------------------------------------------------------
     async def outbox_due(
-        self, kinds: tuple[str, ...], now: float, limit: int = 100, *, ordered: bool = True
+        self,
+        kinds: tuple[str, ...],
+        now: float,
+        limit: int = 100,
+        *,
+        ordered: bool = True,
+        message_id: str | None = None,
     ) -> list[OutboxEntry]:
         if not kinds or limit <= 0:
             return []
-        return await self._read(_read_outbox_due, kinds, now, limit, ordered)
+        return await self._read(_read_outbox_due, kinds, now, limit, ordered, message_id)
 
     async def outbox_lead(self) -> bool:
         # An flock on a file beside the database: the kernel frees it when the process ends,
