@@ -74,6 +74,7 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._turns: dict[str, float] = {}  # rate key -> when the next delivery given back returns
+        self._held_until: dict[tuple[str, str], float] = {}  # (zone, domain) -> pause end logged
         self._stopping = asyncio.Event()
         self._destination_slots: dict[tuple[str, str], asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(config.delivery.destination_concurrency)
@@ -198,7 +199,15 @@ class Worker:
                 counts_as_attempt=False,
             )
             await self._store_outcome(delivery, outcome)
-        log.log(logging.INFO if paused else logging.DEBUG,
+        # once per destination and pause at INFO: a paused destination's backlog is held batch
+        # by batch, and a line for each would bury the log
+        where = (batch[0].zone, batch[0].domain)
+        first = paused and self._held_until.get(where) != until
+        if first:
+            self._held_until[where] = until
+            if len(self._held_until) > 1000:
+                self._held_until = {k: t for k, t in self._held_until.items() if t > now}
+        log.log(logging.INFO if first else logging.DEBUG,
                 "held %d deliveries to %s/%s until %s (%s)", len(batch), batch[0].zone, batch[0].domain,
                 time.strftime("%H:%M:%SZ", time.gmtime(until)), waiting)  # fmt: skip
 
