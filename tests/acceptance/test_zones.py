@@ -198,10 +198,7 @@ async def test_throttling_paces_each_connection(
     serve_domains(dns_server, receiver, "dest.test")
     dns_server.start()
     zone = {"port": receiver.port, "connections": 1, "throttling": "120 messages/minute"}  # one per 0.5 s
-    # one worker process: pacing is per connection, and a connection handed from one worker to
-    # the other starts a new one (its first message is not paced against the old one's last)
-    r = relay({"dns": {"nameservers": [dns_server.address], "timeout": 2}, "zones": {"default": zone},
-               "queue": {"workers": 1}})  # fmt: skip
+    r = relay({"dns": {"nameservers": [dns_server.address], "timeout": 2}, "zones": {"default": zone}})
     arrivals = asyncio.create_task(arrival_times(receiver, 6, within=30))  # watching from the start
     for n in range(6):
         await asyncio.to_thread(r.send, "a@plain.test", ["rcpt@dest.test"], message(f"t{n}"))

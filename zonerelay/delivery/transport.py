@@ -297,6 +297,10 @@ class Transport:
             grant, blocked = await self.limits.try_acquire(dest)
             if grant is not None:
                 break
+            # one of ours may have come back to the pool while we asked: reuse it, never evict
+            # it (a new connection would cost a handshake and restart its throttling pace)
+            if not fresh and (pooled := self.pool.take(key)) is not None:
+                return pooled, True
             if not await self.pool.evict(self.limits.holding(str(blocked))):
                 await self.limits.want(str(blocked))  # other processes may free an idle one
                 await self.pool.wait_returned(delay * (0.5 + random.random()))
