@@ -49,10 +49,10 @@ SLOT_TTL = 15.0
 RENEW_EVERY = SLOT_TTL / 3
 #: Longest pause between two tries for a slot or a rate token.
 MAX_POLL = 1.0
-#: A process waiting for a slot parks ``want:<key>`` this long; others holding the key close
-#: connections of theirs idle for at least WANT_GRACE, checking every WANT_CHECK seconds.
 #: A rate token further away than this is not waited for in memory (RateExhausted).
 HOLD_AFTER = 2.0
+#: A process waiting for a slot parks ``want:<key>`` this long; others holding the key close
+#: connections of theirs idle for at least WANT_GRACE, checking every WANT_CHECK seconds.
 WANT_PREFIX = "want:"
 WANT_TTL = 3.0
 WANT_GRACE = 1.0
