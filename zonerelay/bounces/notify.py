@@ -244,8 +244,10 @@ class Notifier:
         return True
 
     async def _dsn_due(self, before: float) -> dict[tuple[str, str], list[OutboxEntry]]:
-        """DSN notices written before ``before``, by (message id, kind)."""
-        return _by_message(await self.store.outbox_due(DSN_KINDS, before, DSN_BATCH, ordered=False))
+        """The oldest DSN notice written before ``before`` of each (message id, kind), for up to
+        DSN_BATCH messages: one message's many notices never hide the other messages' DSNs
+        (readiness needs only the oldest; a ready DSN reads all of its message's notices)."""
+        return _by_message(await self.store.outbox_due(DSN_KINDS, before, DSN_BATCH, ordered=True))
 
     async def _send_dsn(
         self, message_id: str, kind: str, group: list[OutboxEntry], deliveries: list[Delivery]
