@@ -337,7 +337,15 @@ async def test_claim_does_not_scan_100k_waiting_rows(store: SqliteStore) -> None
 
 # -- several processes -----------------------------------------------------------------------
 
-ROWS = 3000
+ROWS = 12000  # long enough a race that the other process, in SQLite's busy handler, gets turns
+
+
+def _meet(barrier: str, owner: str) -> None:
+    """Wait (blocking: both processes are at the same point) until the other one is here too."""
+    Path(barrier, owner).touch()
+    deadline = time.monotonic() + 60
+    while len(list(Path(barrier).iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def _claim_worker(path: str, owner: str, barrier: str) -> list[tuple[str, str]]:
@@ -347,6 +355,8 @@ def _claim_worker(path: str, owner: str, barrier: str) -> list[tuple[str, str]]:
         s = SqliteStore(path)
         await s.open()
         try:
+            # both stores open before either claims: opening costs more than claiming all rows
+            _meet(barrier, owner)
             got: list[tuple[str, str]] = []
             while batch := await s.claim(owner, 7, 600, T0):
                 got.extend(d.key for d in batch)
@@ -354,10 +364,6 @@ def _claim_worker(path: str, owner: str, barrier: str) -> list[tuple[str, str]]:
         finally:
             await s.close()
 
-    Path(barrier, owner).touch()
-    deadline = time.monotonic() + 60
-    while len(list(Path(barrier).iterdir())) < 2 and time.monotonic() < deadline:
-        time.sleep(0.005)
     return asyncio.run(run())
 
 
