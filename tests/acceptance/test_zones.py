@@ -268,6 +268,38 @@ async def test_a_backlog_for_a_rate_limited_domain_does_not_fill_the_worker(
     assert len(set(returns)) == 6, returns
 
 
+async def test_a_slow_destination_with_a_backlog_does_not_fill_the_worker(
+    relay: RelayFactory, dns_server: DnsServer, recording_receiver: ReceiverFactory
+) -> None:
+    slow = recording_receiver("127.0.0.11")
+    slow.respond("data", None, hang=2.5)  # every transaction takes 2.5 s
+    fast = recording_receiver("127.0.0.12", port=slow.port)
+    serve_domains(dns_server, slow, "slow.test", mx="mx.slow.test")
+    serve_domains(dns_server, fast, "fast.test", mx="mx.fast.test")
+    dns_server.start()
+    r = relay(
+        {
+            "dns": {"nameservers": [dns_server.address], "timeout": 2},
+            "zones": {"default": {"port": slow.port}},
+            "queue": {"workers": 1},
+            # 3 places; one connection at a time to a destination
+            "delivery": {"concurrency": 3, "destination_concurrency": 1},
+        }
+    )
+    slow_ids = [r.send("a@plain.test", ["rcpt@slow.test"], message(f"slow {n}")) for n in range(6)]
+    await asyncio.sleep(1.0)  # the worker has claimed slow ones for all of its places
+    started = time.monotonic()
+    for n in range(3):
+        r.send("a@plain.test", ["rcpt@fast.test"], message(f"fast {n}"))
+    await fast.wait_messages(3, within=30)
+    # not behind the slow ones (6 x 2.5 s; 9.5 s measured before the fix, 2.4 s after):
+    # those that waited for the slow destination gave their worker places back, and the rest
+    # of its backlog was postponed so that the worker claimed other mail
+    assert time.monotonic() - started < 7
+    for queue_id in slow_ids:  # and every slow one is delivered in the end
+        r.wait_status(queue_id, {"delivered"}, timeout=90)
+
+
 async def test_idle_connections_of_one_worker_do_not_starve_another(
     relay: RelayFactory, dns_server: DnsServer, recording_receiver: ReceiverFactory
 ) -> None:

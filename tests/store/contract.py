@@ -607,6 +607,20 @@ class StoreContract:
         assert await store.retry_now(T0 + 4, message_id=other.id) == 0  # claimed and done already
         assert await store.retry_now(T0 + 4, message_id=new_queue_id()) == 0
 
+    async def test_postpone_moves_a_destinations_due_unleased_rows(self, store: QueueStore) -> None:
+        busy = await put_message(store, rcpts=("a@slow.example", "b@slow.example", "c@fast.example"))
+        later = await put_message(store, rcpts=("d@slow.example",), not_before=T0 + 7200)
+        [leased] = await store.claim("w1", 1, LEASE, T0)
+        assert leased.key == (busy.id, "001")
+        # the due, unleased slow.example row moves; the leased one, the later one and others do not
+        assert await store.postpone("default", "SLOW.example", T0 + 60, T0) == 1
+        assert {d.key for d in await store.claim("w2", 10, LEASE, T0 + 1)} == {(busy.id, "003")}
+        assert {d.key for d in await store.claim("w2", 10, LEASE, T0 + 60)} == {(busy.id, "002")}
+        [moved] = [d for d in await store.get_deliveries(busy.id) if d.seq == "002"]
+        assert moved.attempts == 0  # not an attempt
+        assert await store.postpone("other", "slow.example", T0 + 90, T0 + 60) == 0
+        assert [d.next_attempt for d in await store.get_deliveries(later.id)] == [T0 + 7200]
+
     async def test_drop_removes_pending_rows_and_frees_the_body(self, store: QueueStore) -> None:
         msg = await put_message(store, rcpts=("a@x.example", "b@y.example", "c@y.example"), body=b"drop\r\n")
         keep = await put_message(store, rcpts=("d@y.example",), zones=("other",))

@@ -15,10 +15,12 @@ import contextlib
 import json
 import logging
 import os
+import random
 import signal
 import sys
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 
 from zonerelay import metrics
 from zonerelay.bounces.events import notices_for
@@ -38,6 +40,11 @@ log = logging.getLogger("zonerelay.delivery")
 IDLE_POLL = 0.25
 #: A delivery cut short by a queue store failure is tried again this soon (not an attempt).
 STORE_RETRY = 5.0
+#: A delivery that waits this long for one of its destination's places in the worker (all
+#: taken by slow transactions) goes back to the queue, with the destination's other due rows,
+#: for BUSY_HOLD to 1.5 * BUSY_HOLD seconds.
+BUSY_WAIT = 3.0
+BUSY_HOLD = 10.0
 #: Pauses between tries to record an outcome while the store is away (about 15 s in all).
 RECORD_RETRIES = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: The response shown for a held delivery that has none yet, by why it is held.
@@ -45,6 +52,7 @@ _HELD = {
     "rate_limit": "destination paused after a rate-limit reply",
     "rate": "waiting for the rate",
     "store": "queue store unavailable during delivery",
+    "busy": "waiting: every connection to this destination is busy",
 }
 SHUTDOWN_GRACE = 20.0
 
@@ -75,6 +83,7 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._turns: dict[str, float] = {}  # rate key -> when the next delivery given back returns
         self._held_until: dict[tuple[str, str], float] = {}  # (zone, domain) -> pause end logged
+        self._postponed: dict[tuple[str, str], float] = {}  # (zone, domain) -> busy hold's end
         self._stopping = asyncio.Event()
         self._destination_slots: dict[tuple[str, str], asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(config.delivery.destination_concurrency)
@@ -134,7 +143,10 @@ class Worker:
 
     async def _deliver(self, zone: str, domain: str, batch: list[Delivery]) -> None:
         try:
-            async with self._destination_slots[(zone, domain)]:
+            async with self._destination_place(zone, domain) as placed:
+                if not placed:  # the destination is busy: free this worker place for others
+                    await self._busy(zone, domain, batch)
+                    return
                 message = await self.store.get_message(batch[0].id)
                 if message is None:
                     verdicts = {
@@ -171,6 +183,41 @@ class Worker:
                 self._inflight.pop(delivery.key, None)
             self._slot_freed.set()
 
+    @contextlib.asynccontextmanager
+    async def _destination_place(self, zone: str, domain: str) -> AsyncIterator[bool]:
+        """One of the destination's ``destination_concurrency`` places in this worker; False
+        after BUSY_WAIT seconds without one. A delivery waiting here holds a worker place, so a
+        slow destination with a backlog would otherwise fill the worker and starve the rest."""
+        slots = self._destination_slots[(zone, domain)]
+        try:
+            async with asyncio.timeout(BUSY_WAIT):  # cancels the acquire cleanly, no lost place
+                await slots.acquire()
+        except TimeoutError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            slots.release()
+
+    async def _busy(self, zone: str, domain: str, batch: list[Delivery]) -> None:
+        """Every place of this worker for the destination stayed taken for BUSY_WAIT: hold the
+        batch, and (once per BUSY_HOLD) postpone the destination's other due rows too, so that
+        the claims that follow take other destinations' mail rather than more of this backlog."""
+        now = time.time()
+        until = now + BUSY_HOLD * (1 + random.random() / 2)
+        await self._hold(batch, until, "busy")
+        if self._postponed.get((zone, domain), 0.0) <= now:
+            self._postponed[(zone, domain)] = until
+            if len(self._postponed) > 1000:
+                self._postponed = {k: t for k, t in self._postponed.items() if t > now}
+            with contextlib.suppress(StoreError):
+                moved = await self.store.postpone(zone, domain, until, now)
+                log.info("destination %s/%s is busy (all %d places of this worker taken for %gs): "
+                         "%d more deliveries wait until %s", zone, domain,
+                         self.config.delivery.destination_concurrency, BUSY_WAIT, moved + len(batch),
+                         time.strftime("%H:%M:%SZ", time.gmtime(until)))  # fmt: skip
+
     def _turn(self, full: RateExhausted) -> float:
         """When a delivery that found ``full.key`` exhausted comes back: each one this worker
         gives back gets the next token after the previous one's, so a backlog returns at the
@@ -185,7 +232,8 @@ class Worker:
     async def _hold(self, batch: list[Delivery], until: float, why: str) -> None:
         """Give ``batch`` back to the queue until ``until`` without counting an attempt: its
         destination is paused after a rate-limit reply (``rate_limit``), its zone's rate has
-        no token for it yet (``rate``), or the queue store failed mid-way (``store``)."""
+        no token for it yet (``rate``), its places in this worker are all busy (``busy``), or
+        the queue store failed mid-way (``store``)."""
         now = time.time()
         paused = why == "rate_limit"
         waiting = _HELD[why]

@@ -340,6 +340,13 @@ class QueueStore(abc.ABC):
         its connection frees it for another. Asked before every round: cheap when held."""
         raise NotImplementedError
 
+    @abc.abstractmethod
+    async def postpone(self, zone: str, domain: str, until: float, now: float) -> int:
+        """Make the pending deliveries of ``zone``/``domain`` that are due at ``now`` and not
+        leased due at ``until`` instead (not an attempt): a worker whose places for that
+        destination are all busy keeps the rest of its backlog from being claimed meanwhile.
+        Returns the number of rows changed."""
+
     # -- operator actions (HTTP API) -------------------------------------------------------
     @abc.abstractmethod
     async def retry_now(

@@ -158,6 +158,7 @@ class WriterOps:
     gc_final: Callable[..., Any]  # (cutoff) -> (deliveries removed, messages removed, more)
     gc_orphans: Callable[..., Any]  # (cutoff) -> (bodies removed, more)
     retry_now: Callable[..., Any]  # (where, params, now) -> rows changed
+    postpone: Callable[..., Any]  # (zone, domain, until, now) -> rows changed
     drop: Callable[..., Any]  # (where, params, now) -> rows dropped
     add_suppression: Callable[..., Any]  # (kind, value, now) -> SuppressionEntry
     delete_suppression: Callable[..., Any]  # (entry id) -> bool
@@ -246,6 +247,10 @@ class GroupCommitStore(QueueStore):
         return GcResult(deliveries=deliveries, messages=messages, orphan_bodies=orphans)
 
     # -- operator actions and the suppression list ------------------------------------------
+    async def postpone(self, zone: str, domain: str, until: float, now: float) -> int:
+        changed: int = await self._submit(self._ops.postpone, (zone, domain.lower(), until, now), False)
+        return changed
+
     async def retry_now(
         self, now: float, *, message_id: str | None = None, zone: str | None = None, domain: str | None = None
     ) -> int:

@@ -460,6 +460,19 @@ async def _op_gc_orphans(conn: Conn, cutoff: float) -> tuple[int, bool]:
     return removed, len(ids) == _GC_MESSAGE_BATCH
 
 
+async def _op_postpone(conn: Conn, zone: str, domain: str, until: float, now: float) -> int:
+    rows = await conn.fetch(
+        f"UPDATE deliveries SET next_attempt = $3, updated = $4 WHERE {_PENDING_SQL} AND zone = $1"
+        " AND domain = $2 AND next_attempt <= $4 AND (lease_until IS NULL OR lease_until < $4)"
+        " RETURNING 1",
+        zone,
+        domain,
+        until,
+        now,
+    )
+    return len(rows)
+
+
 async def _op_retry_now(conn: Conn, where: str, params: list[Any], now: float) -> int:
     n = len(params)
     rows = await conn.fetch(
@@ -526,6 +539,7 @@ class PostgresStore(GroupCommitStore):
         gc_final=_op_gc_final,
         gc_orphans=_op_gc_orphans,
         retry_now=_op_retry_now,
+        postpone=_op_postpone,
         drop=_op_drop,
         add_suppression=_op_add_suppression,
         delete_suppression=_op_delete_suppression,

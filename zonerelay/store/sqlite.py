@@ -493,6 +493,14 @@ def _op_gc_orphans(conn: sqlite3.Connection, cutoff: float) -> tuple[int, bool]:
 # -- operator actions and the suppression list ---------------------------------------------
 
 
+def _op_postpone(conn: sqlite3.Connection, zone: str, domain: str, until: float, now: float) -> int:
+    sql = (
+        f"UPDATE deliveries SET next_attempt = ?, updated = ? WHERE {_PENDING_SQL} AND zone = ?"
+        " AND domain = ? AND next_attempt <= ? AND (lease_until IS NULL OR lease_until < ?)"
+    )
+    return conn.execute(sql, (until, now, zone, domain, now, now)).rowcount
+
+
 def _op_retry_now(conn: sqlite3.Connection, where: str, params: list[Any], now: float) -> int:
     sql = (
         f"UPDATE deliveries SET next_attempt = ?, updated = ? WHERE {_PENDING_SQL} AND next_attempt > ?"
@@ -651,6 +659,7 @@ class SqliteStore(GroupCommitStore):
         gc_final=_op_gc_final,
         gc_orphans=_op_gc_orphans,
         retry_now=_op_retry_now,
+        postpone=_op_postpone,
         drop=_op_drop,
         add_suppression=_op_add_suppression,
         delete_suppression=_op_delete_suppression,
