@@ -20,7 +20,8 @@ import signal
 import sys
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
+from typing import TypeVar
 
 from zonerelay import metrics
 from zonerelay.bounces.events import notices_for
@@ -60,6 +61,17 @@ SHUTDOWN_GRACE = 20.0
 def owner_id(instance_id: str, index: int, pid: int) -> str:
     """Lease owner name of a worker process; the supervisor derives it to release leases."""
     return f"{instance_id}/w{index}/{pid}"
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+def _remember(times: dict[K, float], key: K, until: float, now: float) -> None:
+    """Set ``times[key] = until``; past a thousand keys, forget those whose time is over."""
+    times[key] = until
+    if len(times) > 1000:
+        for old in [k for k, t in times.items() if t <= now]:
+            del times[old]
 
 
 class Worker:
@@ -208,9 +220,7 @@ class Worker:
         until = now + BUSY_HOLD * (1 + random.random() / 2)
         await self._hold(batch, until, "busy")
         if self._postponed.get((zone, domain), 0.0) <= now:
-            self._postponed[(zone, domain)] = until
-            if len(self._postponed) > 1000:
-                self._postponed = {k: t for k, t in self._postponed.items() if t > now}
+            _remember(self._postponed, (zone, domain), until, now)
             with contextlib.suppress(StoreError):
                 moved = await self.store.postpone(zone, domain, until, now)
                 log.info("destination %s/%s is busy (all %d places of this worker taken for %gs): "
@@ -224,9 +234,7 @@ class Worker:
         rate's pace instead of all at once (to be given back again, all but one)."""
         now = time.time()
         at = max(now + full.wait, self._turns.get(full.key, 0.0))
-        self._turns[full.key] = at + full.period / full.count
-        if len(self._turns) > 1000:
-            self._turns = {k: t for k, t in self._turns.items() if t > now}
+        _remember(self._turns, full.key, at + full.period / full.count, now)
         return at
 
     async def _hold(self, batch: list[Delivery], until: float, why: str) -> None:
@@ -252,9 +260,7 @@ class Worker:
         where = (batch[0].zone, batch[0].domain)
         first = paused and self._held_until.get(where) != until
         if first:
-            self._held_until[where] = until
-            if len(self._held_until) > 1000:
-                self._held_until = {k: t for k, t in self._held_until.items() if t > now}
+            _remember(self._held_until, where, until, now)
         log.log(logging.INFO if first else logging.DEBUG,
                 "held %d deliveries to %s/%s until %s (%s)", len(batch), batch[0].zone, batch[0].domain,
                 time.strftime("%H:%M:%SZ", time.gmtime(until)), waiting)  # fmt: skip
