@@ -1,12 +1,13 @@
 """Telling the outside world, from the outbox: DSNs to senders and webhook POSTs.
 
 Workers store notices in the same transaction as an outcome (``Outcome.notices``); the
-supervisor runs ``Notifier``, which reads them back and sends them; of several instances sharing
-a store, one sends (``QueueStore.outbox_lead``) and another takes over when it dies. A notice is removed only
-after it was sent (the DSN committed to the queue, the webhook answered 2xx), so a crash or
-``kill -9`` anywhere means at worst a second copy, never a lost one. Failed webhook calls are
-retried with back-off (5 s, 10 s, 20 s ... up to ``max_backoff``); a message's later events wait
-until its earlier ones are through, so each receiver sees a message's events in order.
+supervisor runs ``Notifier``, which reads them back and sends them; of several instances
+sharing a store, one sends (``QueueStore.outbox_lead``) and another takes over when it dies.
+A notice is removed only after it was sent (the DSN committed to the queue, the webhook
+answered 2xx), so a crash or ``kill -9`` anywhere means at worst a second copy, never a lost
+one. Failed webhook calls are retried with back-off (5 s, 10 s, 20 s ... up to ``max_backoff``);
+a message's later events wait until its earlier ones are through, so each receiver sees a
+message's events in order.
 
 A message's bounce DSN waits until its first pass is over (``dsn_ready``), so every recipient
 that fails on it is in one DSN; a "delayed" DSN likewise waits for the message's other

@@ -939,9 +939,7 @@ class PostgresStore(GroupCommitStore):
                 await self._lead_conn.fetchval("SELECT 1", timeout=self._timeout)
                 self._lead_next = now + _LEAD_CHECK
                 return True
-            except BaseException as exc:
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
+            except Exception:  # the connection, and with it the lock, is gone
                 await self._drop_lead()
         self._lead_next = now + _LEAD_RETRY
         if self._closed:
