@@ -328,3 +328,43 @@ def test_blind_held_out_sets_are_well_formed_and_new(name: str, size: int, requi
         assert not replies & {c["reply"] for c in load_cases(other)}, other
     for case in cases:
         assert_well_formed(case)
+
+
+@pytest.mark.parametrize(
+    ("data", "category"),
+    [
+        ("550 5.1.1 Benutzer unbekannt", "recipient"),
+        ("550 Empfänger existiert nicht", "recipient"),
+        ("550 5.1.1 Utilisateur inconnu", "recipient"),
+        ("550 L'adresse du destinataire n'existe pas", "recipient"),
+        ("550 5.1.1 El usuario no existe", "recipient"),
+        ("550 Utente sconosciuto", "recipient"),
+        ("550 Usuário desconhecido", "recipient"),
+        ("550 Пользователь не найден", "recipient"),
+        ("550 Użytkownik nie istnieje", "recipient"),
+        ("550 Adresát neexistuje", "recipient"),
+        ("550 收件人不存在", "recipient"),
+        ("550 Le domaine n'existe pas", "dns"),
+        ("550 L'expéditeur n'existe pas", "policy"),
+        ("452 4.2.2 Postfach ist voll", "mailbox_full"),
+        ("452 Boîte aux lettres pleine", "mailbox_full"),
+        ("452 Buzón lleno", "mailbox_full"),
+        ("452 Почтовый ящик переполнен", "mailbox_full"),
+        ("452 邮箱已满", "mailbox_full"),
+        ("421 Zu viele Verbindungen von Ihrer IP", "rate_limit"),
+        ("421 Trop de connexions", "rate_limit"),
+        ("421 Слишком много соединений", "rate_limit"),
+        ("550 Ihre Nachricht wurde als Spam erkannt", "spam"),
+        ("550 Message considéré comme spam", "spam"),
+        ("550 Письмо похоже на спам", "spam"),
+        ("554 Votre adresse IP est sur liste noire", "blacklist"),
+        ("554 Ваш IP заблокирован", "blacklist"),
+        ("552 Die Nachricht ist zu groß", "size"),
+        ("552 Message trop volumineux", "size"),
+        ("554 Virus gefunden", "virus"),
+    ],
+)
+def test_replies_in_other_languages(data: str, category: str) -> None:
+    """The rules read the usual refusals in the languages receivers answer in, not only English
+    (phrases written for this test, not measured replies: those are in the examples)."""
+    assert classify(data).category == category
