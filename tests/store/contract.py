@@ -298,6 +298,21 @@ class StoreContract:
         assert sorted(d.key for d in got) == sorted(keys[1:])
         assert (await store.get_deliveries(keys[1][0]))[0].lease_owner == "w3"
 
+    async def test_release_all_but_the_deliveries_in_flight(self, store: QueueStore) -> None:
+        """A worker gives back leases it holds without knowing (a claim whose answer was lost)
+        and keeps those of its deliveries in flight."""
+        for _ in range(4):
+            await put_message(store)
+        keys = [d.key for d in await store.claim("w1", 10, LEASE, T0)]
+        other = await put_message(store)
+        assert [d.key for d in await store.claim("w2", 10, LEASE, T0)] == [(other.id, "001")]
+        assert await store.release("w1", keep=keys[:1]) == 3
+        assert await store.release("w1", keep=keys[:1]) == 0
+        got = await store.claim("w3", 10, LEASE, T0 + 1)
+        assert sorted(d.key for d in got) == sorted(keys[1:])  # not w1's kept one, not w2's
+        assert (await store.get_deliveries(keys[0][0]))[0].lease_owner == "w1"
+        assert await store.release("w1", keep=[]) == 1
+
     async def test_renew_extends_only_own_leases(self, store: QueueStore) -> None:
         for _ in range(2):
             await put_message(store)

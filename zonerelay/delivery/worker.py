@@ -48,6 +48,9 @@ BUSY_WAIT = 3.0
 BUSY_HOLD = 10.0
 #: Pauses between tries to record an outcome while the store is away (about 15 s in all).
 RECORD_RETRIES = (0.5, 1.0, 2.0, 4.0, 8.0)
+#: How often a worker gives back leases it holds without knowing (and at once after a failed
+#: claim): a claim whose answer was lost, an outcome that could not be recorded.
+ORPHAN_SWEEP = 15.0
 #: The response shown for a held delivery that has none yet, by why it is held.
 _HELD = {
     "rate_limit": "destination paused after a rate-limit reply",
@@ -97,6 +100,7 @@ class Worker:
         self._held_until: dict[tuple[str, str], float] = {}  # (zone, domain) -> pause end logged
         self._postponed: dict[tuple[str, str], float] = {}  # (zone, domain) -> busy hold's end
         self._stopping = asyncio.Event()
+        self._next_sweep = time.time() + ORPHAN_SWEEP
         self._destination_slots: dict[tuple[str, str], asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(config.delivery.destination_concurrency)
         )
@@ -126,12 +130,15 @@ class Worker:
                 await self._slot_freed.wait()
                 continue
             now = time.time()
+            if now >= self._next_sweep:
+                await self._release_orphans(now)
             try:
                 claimed = await self.store.claim(
                     self.owner, min(free, queue.claim_batch), queue.lease_seconds, now
                 )
             except StoreError as exc:
                 log.warning("claim failed (%s); retrying", exc)
+                self._next_sweep = 0.0  # it may have committed: leases this worker never saw
                 await self._sleep(1.0)
                 continue
             if not claimed:
@@ -148,6 +155,21 @@ class Worker:
                     task = asyncio.create_task(self._deliver(zone, domain, batch))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
+
+    async def _release_orphans(self, now: float) -> None:
+        """Give back this worker's leases on deliveries it is not working on. A claim whose
+        connection broke after its commit leased rows the worker never heard of, and an outcome
+        that could not be recorded keeps its lease; either would wait out ``lease_seconds``
+        (a minute by default) before anyone tried them again. Runs between claims, never beside
+        one, so a claim's fresh leases are always in ``_inflight`` when it looks."""
+        try:
+            released = await self.store.release(self.owner, keep=list(self._inflight))
+        except StoreError:
+            self._next_sweep = now + 1.0
+            return
+        self._next_sweep = now + ORPHAN_SWEEP
+        if released:
+            log.warning("gave back %d leases this worker held without working on them", released)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -268,7 +290,8 @@ class Worker:
     async def _store_outcome(self, delivery: Delivery, outcome: Outcome) -> bool:
         """Record ``outcome``, trying again for a while if the store is away (a restart of
         PostgreSQL takes seconds; the worker renews the lease meanwhile). If it stays away, the
-        lease expires and the delivery is tried again: a duplicate at worst, never a loss."""
+        next sweep gives the lease back and the delivery is tried again: a duplicate at worst,
+        never a loss."""
         for pause in (*RECORD_RETRIES, None):
             try:
                 await self.store.record_outcome(delivery.key, self.owner, outcome)
@@ -276,6 +299,7 @@ class Worker:
             except StoreError as exc:
                 if pause is None or self._stopping.is_set():
                     log.error("could not record outcome for %s.%s: %s", delivery.id, delivery.seq, exc)
+                    self._next_sweep = 0.0
                     return False
                 await asyncio.sleep(pause)
         return False

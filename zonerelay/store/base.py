@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,8 +250,12 @@ class QueueStore(abc.ABC):
         """Extend the owner's leases on these deliveries; returns how many it still held."""
 
     @abc.abstractmethod
-    async def release(self, owner: str, keys: list[tuple[str, str]] | None = None) -> int:
-        """Give back leases (all of the owner's when keys is None) so others may claim at once."""
+    async def release(
+        self, owner: str, keys: list[tuple[str, str]] | None = None, *, keep: Sequence[tuple[str, str]] = ()
+    ) -> int:
+        """Give back leases so others may claim at once: the owner's on ``keys``, or when keys
+        is None all of the owner's but those on ``keep`` (a worker's in-flight deliveries: the
+        rest are leases it holds without knowing, say from a claim whose answer was lost)."""
 
     @abc.abstractmethod
     async def record_outcome(self, key: tuple[str, str], owner: str, outcome: Outcome) -> bool:

@@ -52,7 +52,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
@@ -783,12 +783,17 @@ class PostgresStore(GroupCommitStore):
         )
         return len(rows)
 
-    async def release(self, owner: str, keys: list[tuple[str, str]] | None = None) -> int:
+    async def release(
+        self, owner: str, keys: list[tuple[str, str]] | None = None, *, keep: Sequence[tuple[str, str]] = ()
+    ) -> int:
         if keys is None:
             rows = await self._fetch(
-                "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1"
-                " RETURNING 1",
+                "UPDATE deliveries d SET lease_owner = NULL, lease_until = NULL WHERE d.lease_owner = $1"
+                " AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::text[]) AS k(id, seq)"
+                " WHERE k.id = d.id AND k.seq = d.seq) RETURNING 1",
                 owner,
+                [k[0] for k in keep],
+                [k[1] for k in keep],
             )
             return len(rows)
         if not keys:

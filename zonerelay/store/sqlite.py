@@ -57,7 +57,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -316,10 +316,13 @@ def _op_renew(conn: sqlite3.Connection, rows: list[tuple[float, str, str, str]])
     return cur.rowcount
 
 
-def _op_release(conn: sqlite3.Connection, owner: str, keys: list[tuple[str, str]] | None) -> int:
+def _op_release(
+    conn: sqlite3.Connection, owner: str, keys: list[tuple[str, str]] | None, keep: Sequence[tuple[str, str]]
+) -> int:
     if keys is None:
-        sql = "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?"
-        return conn.execute(sql, (owner,)).rowcount
+        kept = set(keep)
+        held = conn.execute("SELECT id, seq FROM deliveries WHERE lease_owner = ?", (owner,)).fetchall()
+        keys = [(mid, seq) for mid, seq in held if (mid, seq) not in kept]
     sql = (
         "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL"
         " WHERE id = ? AND seq = ? AND lease_owner = ?"
@@ -969,10 +972,13 @@ class SqliteStore(GroupCommitStore):
         until = now + lease_seconds
         return await self._submit(_op_renew, ([(until, k[0], k[1], owner) for k in keys],), False)
 
-    async def release(self, owner: str, keys: list[tuple[str, str]] | None = None) -> int:
+    async def release(
+        self, owner: str, keys: list[tuple[str, str]] | None = None, *, keep: Sequence[tuple[str, str]] = ()
+    ) -> int:
         if keys is not None and not keys:
             return 0
-        return await self._submit(_op_release, (owner, None if keys is None else list(keys)), False)
+        args = (owner, None if keys is None else list(keys), list(keep))
+        return await self._submit(_op_release, args, False)
 
     async def read_body(self, message_id: str) -> AsyncIterator[bytes]:
         idx = 0
