@@ -367,6 +367,30 @@ class StoreContract:
         assert [e.status for e in await store.get_events(msg.id)] == ["deferred", "deferred"]
         assert await store.next_due() == T0 + 900
 
+    async def test_an_outcome_recorded_again_applies_once(self, store: QueueStore) -> None:
+        """A worker retries record_outcome when the connection breaks; if the first try had
+        committed, the retry must not count a second attempt or queue each notice again (under
+        new event ids, which a webhook receiver could not recognise as duplicates)."""
+        msg = await put_message(store, rcpts=("x@example.com", "y@example.com"))
+        dx, dy = await store.claim("w1", 10, LEASE, T0)
+        hook = Notice("webhook", {"event": "deferred"})
+        outcome = replace(deferred(T0 + 1, T0 + 300), notices=(hook,))
+        assert await store.record_outcome(dx.key, "w1", outcome) is True
+        assert await store.record_outcome(dx.key, "w1", outcome) is True
+        (row, _) = await store.get_deliveries(msg.id)
+        assert row.attempts == 1 and len(await store.get_events(msg.id)) == 1
+        assert await store.outbox_backlog() == {"webhook": 1}
+        final = replace(bounced(T0 + 2), notices=(hook,))
+        assert await store.record_outcome(dy.key, "w1", final) is True
+        assert await store.record_outcome(dy.key, "w1", final) is True
+        assert [e.status for e in await store.get_events(msg.id)] == ["deferred", "bounced"]
+        assert await store.outbox_backlog() == {"webhook": 2}
+        # a later attempt's outcome is another outcome, even with the same words
+        (again,) = await store.claim("w2", 10, LEASE, T0 + 300)
+        assert await store.record_outcome(again.key, "w2", deferred(T0 + 301, T0 + 900)) is True
+        (row, _) = await store.get_deliveries(msg.id)
+        assert row.attempts == 2
+
     async def test_outcome_bounced(self, store: QueueStore) -> None:
         msg = await put_message(store)
         (d,) = await store.claim("w1", 10, LEASE, T0)

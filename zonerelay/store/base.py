@@ -263,7 +263,9 @@ class QueueStore(abc.ABC):
 
         Applies only if the delivery is still pending; returns False otherwise (another owner
         finished it first). A final outcome is recorded even if the lease expired meanwhile:
-        the receiver has answered, and a second attempt would only duplicate.
+        the receiver has answered, and a second attempt would only duplicate. Idempotent: the
+        same outcome again (a retry after its answer was lost with the connection) changes
+        nothing and returns True.
         """
 
     @abc.abstractmethod

@@ -359,8 +359,16 @@ SELECT count(*) FROM upd
 """
 
 
+# a record_outcome retried after a lost answer must not apply twice (twice the attempts, and
+# each notice twice under new event_ids that defeat de-duplication): the row it left says so,
+# ``updated`` being the outcome's own time (a key lookup, unlike the events of a big message)
+_RECORDED_SQL = "SELECT 1 FROM deliveries WHERE id = $1 AND seq = $2 AND updated = $3 AND last_response = $4"
+
+
 async def _op_outcome(conn: Conn, mid: str, seq: str, owner: str, o: Outcome, details: str) -> bool:
     status = o.status.value
+    if await conn.fetchval(_RECORDED_SQL, mid, seq, o.time, o.response):
+        return True  # a retry whose first try committed and lost its answer: once is enough
     final = status in FINAL_VALUES
     applied = await conn.fetchval(
         _OUTCOME_SQL,

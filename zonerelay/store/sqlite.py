@@ -331,6 +331,12 @@ def _op_release(
 
 
 def _op_outcome(conn: sqlite3.Connection, mid: str, seq: str, owner: str, o: Outcome, details: str) -> bool:
+    recorded = conn.execute(  # an earlier try committed (same rule as the PostgreSQL store)
+        "SELECT 1 FROM deliveries WHERE id = ? AND seq = ? AND updated = ? AND last_response = ?",
+        (mid, seq, o.time, o.response),
+    ).fetchone()
+    if recorded:
+        return True
     row = conn.execute(
         "SELECT status, lease_owner, lease_until FROM deliveries WHERE id = ? AND seq = ?", (mid, seq)
     ).fetchone()
