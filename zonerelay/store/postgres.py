@@ -336,6 +336,10 @@ async def _mark_dead_if_done(conn: Conn, mid: str) -> None:
 
 # One statement applies an outcome: the row is updated only if still pending and, for a
 # deferral, not leased live by another owner; its event and outbox entries follow the update.
+# It is not applied twice: a retry after a lost answer (its first try committed) finds the
+# row it left, ``updated`` being the outcome's own time, and says so in ``recorded`` (read
+# from the snapshot before the update) instead of counting a second attempt and queueing each
+# notice again under new event ids, which would defeat de-duplication.
 _OUTCOME_SQL = f"""
 WITH upd AS (
   UPDATE deliveries SET
@@ -349,33 +353,31 @@ WITH upd AS (
     last_response = $8, lease_owner = NULL, lease_until = NULL, updated = $7
   WHERE id = $1 AND seq = $2 AND {_PENDING_SQL}
     AND ($3 OR lease_owner IS NULL OR lease_owner = $9 OR lease_until IS NULL OR lease_until < $7)
+    AND (updated <> $7 OR last_response IS DISTINCT FROM $8)
   RETURNING id, seq),
 ev AS (INSERT INTO events (id, seq, time, status, response, details)
   SELECT id, seq, $7, $5, $8, $10 FROM upd),
 ob AS (INSERT INTO outbox (kind, message_id, payload, created, attempts, next_try)
   SELECT k, upd.id, p, $7, 0, $7 FROM upd, unnest($11::text[], $12::text[]) WITH ORDINALITY AS n(k, p, i)
   ORDER BY i)
-SELECT count(*) FROM upd
+SELECT (SELECT count(*) FROM upd) AS applied,
+  EXISTS (SELECT 1 FROM deliveries WHERE id = $1 AND seq = $2 AND updated = $7 AND last_response = $8)
+    AS recorded
 """
-
-
-# a record_outcome retried after a lost answer must not apply twice (twice the attempts, and
-# each notice twice under new event_ids that defeat de-duplication): the row it left says so,
-# ``updated`` being the outcome's own time (a key lookup, unlike the events of a big message)
-_RECORDED_SQL = "SELECT 1 FROM deliveries WHERE id = $1 AND seq = $2 AND updated = $3 AND last_response = $4"
 
 
 async def _op_outcome(conn: Conn, mid: str, seq: str, owner: str, o: Outcome, details: str) -> bool:
     status = o.status.value
-    if await conn.fetchval(_RECORDED_SQL, mid, seq, o.time, o.response):
-        return True  # a retry whose first try committed and lost its answer: once is enough
     final = status in FINAL_VALUES
-    applied = await conn.fetchval(
+    row = await conn.fetchrow(
         _OUTCOME_SQL,
         mid, seq, final, 1 if o.counts_as_attempt else 0, status, o.next_attempt, o.time, o.response,
         owner, details, [n.kind for n in o.notices], [to_json(n.payload) for n in o.notices],
     )  # fmt: skip
-    if not applied:
+    assert row is not None  # a SELECT without FROM always yields its one row
+    if row["recorded"]:
+        return True  # by an earlier try whose answer was lost
+    if not row["applied"]:
         return False
     if final:
         await _mark_dead_if_done(conn, mid)

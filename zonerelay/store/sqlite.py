@@ -331,15 +331,13 @@ def _op_release(
 
 
 def _op_outcome(conn: sqlite3.Connection, mid: str, seq: str, owner: str, o: Outcome, details: str) -> bool:
-    recorded = conn.execute(  # an earlier try committed (same rule as the PostgreSQL store)
-        "SELECT 1 FROM deliveries WHERE id = ? AND seq = ? AND updated = ? AND last_response = ?",
-        (mid, seq, o.time, o.response),
-    ).fetchone()
-    if recorded:
-        return True
     row = conn.execute(
-        "SELECT status, lease_owner, lease_until FROM deliveries WHERE id = ? AND seq = ?", (mid, seq)
+        "SELECT status, lease_owner, lease_until, updated, last_response FROM deliveries"
+        " WHERE id = ? AND seq = ?",
+        (mid, seq),
     ).fetchone()
+    if row is not None and (row[3], row[4]) == (o.time, o.response):
+        return True  # recorded by an earlier try whose answer was lost (as in the PostgreSQL store)
     if row is None or row[0] not in PENDING_VALUES:
         return False  # finished (or removed) meanwhile
     status = o.status.value
