@@ -5,7 +5,8 @@
 Without FILEs: the labelled examples shipped in zonerelay/bounces/examples/ (what the rules
 and the learned model are built from). Prints, per file, right categories and actions out of
 the cases, the same for the issue's named providers alone and for the rules alone (without
-the learned model); ``--misses`` lists the replies classified wrongly (expected / got).
+the learned model), then the total over all files; ``--misses`` lists the replies classified
+wrongly (expected / got).
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ def main(argv: list[str]) -> int:
     show = "--misses" in argv
     files = [Path(a) for a in argv if not a.startswith("--")] or sorted(EXAMPLES.glob("*.toml"))
     full, rules = Classifier(), Classifier(learned=False)
+    every: list[dict[str, Any]] = []
     for path in files:
         cases = tomllib.loads(path.read_text("utf-8"))["case"]
+        every += cases
         if show:
             for case in cases:
                 got = full.classify(case["reply"])
@@ -60,6 +63,8 @@ def main(argv: list[str]) -> int:
         print(line(path.name, score(full, cases)))
         print(line("  named providers", score(full, [c for c in cases if c["provider"] in NAMED])))
         print(line("  rules alone", score(rules, cases)))
+    if len(files) > 1:
+        print(line("all files", score(full, every)))
     return 0
 
 
