@@ -48,6 +48,8 @@ _LINE = re.compile(r"^\s*(?:smtp;\s*)?([245]\d\d)(?:[ -]|:\s?|$)(?:\s*([245]\.\d
 # a reply reported by its enhanced status alone ("5.2.0 Email size exceeded ..."): no code
 _STATUS_FIRST = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\s")
 _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+# qmail's way: the text, then the enhanced status in a "(#5.1.2)" trailer, no code
+_QMAIL_STATUS = re.compile(r"\(#([245]\.\d{1,3}\.\d{1,3})\)")
 # an inline continuation "... 550-5.1.1 more text" inside one line (replies joined by a logger)
 _INLINE = re.compile(r"\s\d{3}[ -](?:[245]\.\d{1,3}\.\d{1,3}\s)?")
 
@@ -118,7 +120,7 @@ def parse_reply(data: str) -> ParsedReply:
             status = match.group(2)
         parts.append(match.group(3).strip())
     text = " ".join(p for p in parts if p)
-    if code is None and (leading := _STATUS_FIRST.match(data)):
+    if code is None and (leading := _STATUS_FIRST.match(data) or _QMAIL_STATUS.search(data)):
         status = leading.group(1)
     elif code is not None:
         text = _INLINE.sub(" ", " " + text).strip()
