@@ -181,3 +181,21 @@ async def test_deferral_past_the_maximum_queue_time_bounces_with_its_last_catego
         True,
     )
     assert "gave up after" in data["messages"][0]["last_response"]
+
+
+async def test_a_huge_rejection_is_classified_by_its_start_and_kept_clipped(
+    relay: RelayFactory, dns_server: DnsServer, recording_receiver: ReceiverFactory
+) -> None:
+    # a receiver may answer with 256 lines of 8 KiB: the reply is read whole, but only its start
+    # is classified (the rules' searches are not linear in the text) and stored, sent in
+    # webhooks and DSNs
+    receiver = recording_receiver("127.0.0.35")
+    filler = "\r\n".join(f"550-5.1.1 {'x' * 8000}" for _ in range(200))
+    receiver.respond("rcpt", f"550-5.1.1 <rcpt@example.test>: user unknown\r\n{filler}\r\n550 5.1.1 end")
+    r = relay(route_to(dns_server, receiver))
+    queue_id = r.send("sender@example.com", ["rcpt@example.test"], MESSAGE)
+    data = r.wait_status(queue_id, {"bounced"}, timeout=30)
+    assert last_event(data, data["messages"][0]["seq"])["category"] == "recipient"
+    response = data["messages"][0]["last_response"]
+    assert response.startswith("550 5.1.1 <rcpt@example.test>: user unknown")
+    assert len(response) < 4200 and response.endswith("more characters]")

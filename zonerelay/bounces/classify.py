@@ -54,6 +54,12 @@ _QMAIL_STATUS = re.compile(r"\(#([245]\.\d{1,3}\.\d{1,3})\)")
 _INLINE = re.compile(r"\s\d{3}[ -](?:[245]\.\d{1,3}\.\d{1,3}\s)?")
 
 
+#: only this much of a reply is read: the rules' searches cost up to quadratic time in the
+#: text's length (a 200 KB reply of "limit limit ..." took 18 s), and what a reply says is
+#: said in its first lines (the longest labelled reply is 665 characters)
+MAX_CLASSIFIED = 4096
+
+
 class RulesError(ValueError):
     """A rules file that cannot be used; the message names the rule."""
 
@@ -254,10 +260,11 @@ class Classifier:
         matches it. Lets a caller train the model (a second of CPU) only when it is needed."""
         if not self.learned:
             return False
-        rule = _first(self.rules, parse_reply(data))
+        rule = _first(self.rules, parse_reply(data[:MAX_CLASSIFIED]))
         return rule is None or rule.fallback
 
     def classify(self, data: str) -> Classification:
+        data = data[:MAX_CLASSIFIED]
         reply = parse_reply(data)
         rule = _first(self.rules, reply)
         if rule is not None and not rule.fallback:

@@ -61,10 +61,23 @@ class Verdict:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+#: what is kept of a reply: it is stored on the delivery row, put in webhooks and DSNs, and
+#: classified on the event loop, while a receiver may send 256 lines of 8 KiB (2 MiB); real
+#: replies are well under 1 KiB
+MAX_RESPONSE = 4096
+
+
+def clip(text: str) -> str:
+    """``text`` cut to MAX_RESPONSE characters, saying how much was left out."""
+    if len(text) <= MAX_RESPONSE:
+        return text
+    return f"{text[:MAX_RESPONSE]} [... {len(text) - MAX_RESPONSE} more characters]"
+
+
 def verdict_for_reply(reply: Reply, details: dict[str, Any]) -> Verdict:
     if reply.is_positive:
-        return Verdict("delivered", str(reply), details)
-    return Verdict("deferred" if reply.is_transient else "bounced", str(reply), details)
+        return Verdict("delivered", clip(str(reply)), details)
+    return Verdict("deferred" if reply.is_transient else "bounced", clip(str(reply)), details)
 
 
 def verdict_for_error(exc: BaseException, details: dict[str, Any]) -> Verdict:
@@ -75,8 +88,8 @@ def verdict_for_error(exc: BaseException, details: dict[str, Any]) -> Verdict:
 def describe(exc: BaseException) -> str:
     reply = getattr(exc, "reply", None)
     if reply is not None:
-        return str(reply)
-    return str(exc) or type(exc).__name__
+        return clip(str(reply))
+    return clip(str(exc)) or type(exc).__name__
 
 
 def needs_smtputf8(message: StoredMessage, recipients: list[str]) -> bool:
