@@ -45,13 +45,14 @@ def accuracy(cases: list[dict[str, str]]) -> tuple[int, int, list[tuple[str, str
 # ONE measurement before they became training data (1: 31/33 categories; 2: 57/70 categories and
 # 65/70 actions; 3: 41/61 and 59/61 under the first rules; 4: 115/148 and 140/148 and 5: 91/126
 # and 117/126 under the rebuilt rules; 6: 78/92 and 89/92, 7: 81/99 and 96/99, 8: 92/117 and
-# 108/117, 9: 77/114 and 103/114, 10: 48/62 and 59/62, 11: 63/80 and 73/80 with the model);
+# 108/117, 9: 77/114 and 103/114, 10: 48/62 and 59/62, 11: 63/80 and 73/80, 12: 39/55 and 47/55
+# with the model);
 # docs/bounces.md keeps the history. Eight training labels were changed
 # to follow tests/data/LABELLING.md when the guide was written (listed in docs/bounces.md).
 TRAINING = ("bounce_corpus.toml", "bounce_holdout.toml", "bounce_holdout2.toml", "bounce_holdout3.toml",
             "bounce_holdout4.toml", "bounce_holdout5.toml", "bounce_holdout6.toml",
             "bounce_holdout7.toml", "bounce_holdout8.toml", "bounce_holdout9.toml",
-            "bounce_holdout10.toml", "bounce_holdout11.toml")  # fmt: skip
+            "bounce_holdout10.toml", "bounce_holdout11.toml", "bounce_holdout12.toml")  # fmt: skip
 # Left wrong on purpose. Most of these replies meet only a catch-all rule (or none), so the model
 # learned from the examples reads them; it reads these few otherwise than their labels, whose
 # texts say little (the labels came from a provider's documentation or a judgement call).
@@ -74,6 +75,7 @@ KNOWN_MISSES = {
     "552 5.1.1 <someone@example.com> Mailbox delivery failure policy error",  # policy; recipient
     "421 4.7.0 Too many errors on this connection",  # protocol; transient, as iCloud's above is labelled
     "550 5.3.5 System incorrectly configured",  # other; status 5.3.5 reads transient
+    "554 Denied (Mode: normal)",  # other (no reason given); policy
 }
 
 
@@ -325,7 +327,9 @@ BLIND_SETS = [("bounce_holdout3.toml", 61, NAMED), ("bounce_holdout4.toml", 148,
                                              "spamhaus", "postfix", "exim", "sendmail",
                                              "exchange")),
               ("bounce_holdout11.toml", 80, ("gmail", "microsoft", "outlook.com", "icloud", "mimecast",
-                                             "postfix", "exim", "exchange"))]  # fmt: skip
+                                             "postfix", "exim", "exchange")),
+              # the long tail, collected once the named providers' findable texts were all in
+              ("bounce_holdout12.toml", 55, ("postfix", "exchange"))]  # fmt: skip
 
 
 @pytest.mark.parametrize(("name", "size", "required"), BLIND_SETS)
