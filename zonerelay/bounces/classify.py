@@ -50,6 +50,13 @@ _STATUS_FIRST = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\s")
 _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 # qmail's way: the text, then the enhanced status in a "(#5.1.2)" trailer, no code
 _QMAIL_STATUS = re.compile(r"\(#([245]\.\d{1,3}\.\d{1,3})\)")
+# an MTA's report of the remote reply: Postfix "host mx.example.com[192.0.2.1] said: 550 5.1.1 ...",
+# Exim "SMTP error from remote mail server after RCPT TO:<...>: 550 ..."
+_QUOTED = re.compile(
+    r"(?:\bsaid:|\bremote (?:mail )?server after [^:]+(?::<[^>]*>)?:)"
+    r"\s*([245]\d\d)(?:[ -]|$)(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?",
+    re.IGNORECASE,
+)
 # an inline continuation "... 550-5.1.1 more text" inside one line (replies joined by a logger)
 _INLINE = re.compile(r"\s\d{3}[ -](?:[245]\.\d{1,3}\.\d{1,3}\s)?")
 
@@ -126,6 +133,10 @@ def parse_reply(data: str) -> ParsedReply:
             status = match.group(2)
         parts.append(match.group(3).strip())
     text = " ".join(p for p in parts if p)
+    if code is None and (quoted := _QUOTED.search(data)):
+        code = int(quoted.group(1))
+        if quoted.group(2) and quoted.group(2)[0] == quoted.group(1)[0]:
+            status = quoted.group(2)
     if code is None and (leading := _STATUS_FIRST.match(data) or _QMAIL_STATUS.search(data)):
         status = leading.group(1)
     elif code is not None:
