@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from tests.fixtures.receivers import RecordingReceiver, SmtpSink, free_tcp_port
+from tests.fixtures.ports import free_port
+from tests.fixtures.receivers import RecordingReceiver, SmtpSink
 from zonerelay.smtp.client import SmtpClient, insecure_client_context
 from zonerelay.smtp.errors import (
     LocalRefusal,
@@ -233,7 +234,7 @@ async def test_tls_handshake_failure(recording_receiver: Receivers) -> None:
 
 
 async def test_connection_refused() -> None:
-    port = free_tcp_port("127.0.0.12")
+    port = free_port("127.0.0.12")
     with pytest.raises(SmtpConnectionError) as info:
         await connect("127.0.0.12", port)
     assert info.value.stage == "connect" and info.value.transient
