@@ -61,7 +61,6 @@ TRAINING = ("bounce_corpus.toml", "bounce_holdout.toml", "bounce_holdout2.toml",
 # learned from the examples reads them; it reads these few otherwise than their labels, whose
 # texts say little (the labels came from a provider's documentation or a judgement call).
 KNOWN_MISSES = {
-    "421 4.7.0 me.com Error: too many errors",  # transient; model: rate_limit (same action)
     "421-gmx.net (mxgmx117) Nemesis ESMTP Service not available",  # transient; model: blacklist
     "554 delivery error: dd Requested mail action aborted",  # other; model: recipient
     "550 Blocked",  # policy; model: blacklist
@@ -77,13 +76,10 @@ KNOWN_MISSES = {
     "554 5.7.1 <bounce@example.com>: Sender address rejected: Blocked due to spam",  # blacklist; policy
     "554 Sending address not accepted due to spam filter",  # policy (the sender address); spam
     "552 5.1.1 <someone@example.com> Mailbox delivery failure policy error",  # policy; recipient
-    "421 4.7.0 Too many errors on this connection",  # protocol; transient, as iCloud's above is labelled
     "550 5.3.5 System incorrectly configured",  # other; status 5.3.5 reads transient
     "554 Denied (Mode: normal)",  # other (no reason given); policy
     "450 Temp. resolver error (EREFUSED)",  # transient (the receiver's resolver); dns (same action)
     "517-Domain does not exist: example.org.",  # policy (Courier, the sender's domain); dns (same action)
-    # policy; protocol, as holdout14's Haraka "too many MIME parts" is labelled (same action)
-    "554 5.7.1 Message contained too many MIME parts.",
     "501 Invisible customers are not welcome!",  # other (chasquid: EHLO without a name); protocol
     "550 user@example.com Failed",  # other (Net::Server::Mail: no reason given); policy
 }
