@@ -98,8 +98,10 @@ def assert_well_formed(case: dict[str, Any]) -> None:
     assert case["category"] in CATEGORIES, case
     # a 4xx, or no reply code at all; without a code of its own, qmail gives only a "(#5.1.2)"
     # trailer and Postfix quotes the reply after "said:" (tests/data/LABELLING.md)
+    # ... and a client wraps it in its own words ("server message: 550", "reply=550", 'stat="550')
     reply = case["reply"]
-    quoted = not reply[0].isdigit() and ("(#5." in reply or re.search(r"\bsaid: 5\d\d", reply) is not None)
+    wrapped = re.search(r'(?:\bsaid:|: |\breply=|\bstat="|\(reason: |^<<< )\s*5\d\d[ -]', reply, re.M)
+    quoted = not reply[0].isdigit() and ("(#5." in reply or wrapped is not None)
     temporary = reply[0] != "5" and not quoted
     retried = case["category"] in {"blacklist", "rate_limit", "mailbox_full", "greylist"}
     assert case["action"] == ("defer" if temporary or retried else "reject"), case
@@ -195,6 +197,21 @@ def test_action_table(category: str, code: int | None, action: str) -> None:
         ("host mx.example.com said: 554 5.7.1 No", 554, "5.7.1", "host mx.example.com said: No"),
         ("SMTP error from remote mail server after RCPT TO:<a@example.com>: 550 No", 550, None,
          "SMTP error from remote mail server after RCPT TO:<a@example.com>: No"),
+        # a client's own words around the remote reply, as its log or bounce gives them
+        ("msmtp: server message: 550 5.1.1 No such user\nmsmtp: could not send mail", 550, "5.1.1",
+         "msmtp: server message: No such user msmtp: could not send mail"),
+        ("to=<a@example.com>, delay=00:00:01, pri=30111, dsn=5.1.1, reply=550 5.1.1 No, stat=User unknown",
+         550, "5.1.1", "to=<a@example.com>, delay=00:00:01, pri=30111, dsn=5.1.1, reply=550 5.1.1 No, stat=User unknown"),
+        ('result="PermFail" stat="552-5.3.4 Too big"', 552, "5.3.4", 'result="PermFail" stat="552-5.3.4 Too big"'),
+        ("    (reason: 553 5.3.0 TLS handshake failed.)", 553, "5.3.0", "(reason: TLS handshake failed.)"),
+        ("SMTP error from remote mail server after pipelined MAIL FROM:<a@example.com> SIZE=30178: 552 Big",
+         552, None, "SMTP error from remote mail server after pipelined MAIL FROM:<a@example.com> SIZE=30178: Big"),
+        # a Sendmail transcript: the remote reply after "<<< ", not Sendmail's own last line
+        ("... while talking to mx.example.com.:\n>>> MAIL From:<a@example.com>\n<<< 553 5.1.8 No domain\n"
+         "501 5.6.0 Data format error", 553, "5.1.8",
+         "... while talking to mx.example.com.: >>> MAIL From:<a@example.com> No domain Data format error"),
+        # digits that are no reply code
+        ("Command died with status 1: \"/bin/false\"", None, None, "Command died with status 1: \"/bin/false\""),
     ],
 )
 def test_parse_reply(data: str, code: int | None, status: str | None, text: str) -> None:
