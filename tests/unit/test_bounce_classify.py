@@ -48,7 +48,7 @@ def accuracy(cases: list[dict[str, str]]) -> tuple[int, int, list[tuple[str, str
 # and 117/126 under the rebuilt rules; 6: 78/92 and 89/92, 7: 81/99 and 96/99, 8: 92/117 and
 # 108/117, 9: 77/114 and 103/114, 10: 48/62 and 59/62, 11: 63/80 and 73/80, 12: 39/55 and 47/55,
 # 13: 30/39 and 34/39, 14: 111/133 and 129/133, 15: 39/51 and 51/51,
-# 16: 44/58 and 56/58, 17: 46/62 and 60/62 with the model);
+# 16: 44/58 and 56/58, 17: 46/62 and 60/62, 18: 214/272 and 248/272 with the model);
 # docs/bounces.md keeps the history. Eight training labels were changed
 # to follow tests/data/LABELLING.md when the guide was written (listed in docs/bounces.md).
 TRAINING = ("bounce_corpus.toml", "bounce_holdout.toml", "bounce_holdout2.toml", "bounce_holdout3.toml",
@@ -56,7 +56,7 @@ TRAINING = ("bounce_corpus.toml", "bounce_holdout.toml", "bounce_holdout2.toml",
             "bounce_holdout7.toml", "bounce_holdout8.toml", "bounce_holdout9.toml",
             "bounce_holdout10.toml", "bounce_holdout11.toml", "bounce_holdout12.toml",
             "bounce_holdout13.toml", "bounce_holdout14.toml", "bounce_holdout15.toml",
-            "bounce_holdout16.toml", "bounce_holdout17.toml")  # fmt: skip
+            "bounce_holdout16.toml", "bounce_holdout17.toml", "bounce_holdout18.toml")  # fmt: skip
 # Left wrong on purpose. Most of these replies meet only a catch-all rule (or none), so the model
 # learned from the examples reads them; it reads these few otherwise than their labels, whose
 # texts say little (the labels came from a provider's documentation or a judgement call).
@@ -70,7 +70,6 @@ KNOWN_MISSES = {
     "550 Action not taken",  # other; model: recipient
     "554 5.7.1 <someone@example.com>: Recipient address rejected: Policy Rejection- Quota",  # rate_limit
     "450 4.4.0 <someone@example.com> Temporary DMARC DNS lookup failure",  # transient; rules: auth
-    "550 message rejected",  # other; model: policy
     "554 5.0.0 Unexpected internal error",  # recipient (Fastmail's help page); model: protocol
     "501 5.5.4 Invalid command arguments: Invalid domain name",  # policy (a HELO check); protocol
     "554 5.7.1 <bounce@example.com>: Sender address rejected: Blocked due to spam",  # blacklist; policy
@@ -82,6 +81,8 @@ KNOWN_MISSES = {
     "517-Domain does not exist: example.org.",  # policy (Courier, the sender's domain); dns (same action)
     "501 Invisible customers are not welcome!",  # other (chasquid: EHLO without a name); protocol
     "550 user@example.com Failed",  # other (Net::Server::Mail: no reason given); policy
+    "0 (null)",  # other (esmtp: no reason given); model: dns (same action)
+    "550 5.7.1 Your mail client is not allowed",  # policy (a Postfix access-table text); blacklist
 }
 
 
@@ -98,11 +99,12 @@ def assert_well_formed(case: dict[str, Any]) -> None:
     assert case["category"] in CATEGORIES, case
     # a 4xx, or no reply code at all; without a code of its own, qmail gives only a "(#5.1.2)"
     # trailer and Postfix quotes the reply after "said:" (tests/data/LABELLING.md)
-    # ... and a client wraps it in its own words ("server message: 550", "reply=550", 'stat="550')
+    # ... and a client wraps it in its own words ("server message: 550", "reply=550", 'stat="550',
+    # or the remote reply on a line of its own)
     reply = case["reply"]
-    wrapped = re.search(r'(?:\bsaid:|: |\breply=|\bstat="|\(reason: |^<<< )\s*5\d\d[ -]', reply, re.M)
-    quoted = not reply[0].isdigit() and ("(#5." in reply or wrapped is not None)
-    temporary = reply[0] != "5" and not quoted
+    own = re.match(r"\s*([245])(?:\d\d\b|\.\d)", reply)
+    wrapped = re.search(r'(?:\bsaid:|: |\breply=|\bstat="|\(reason: |^(?:<<< )?)\s*5\d\d[ -]', reply, re.M)
+    temporary = own.group(1) != "5" if own else "(#5." not in reply and wrapped is None
     retried = case["category"] in {"blacklist", "rate_limit", "mailbox_full", "greylist"}
     assert case["action"] == ("defer" if temporary or retried else "reject"), case
 
@@ -201,17 +203,20 @@ def test_action_table(category: str, code: int | None, action: str) -> None:
         ("msmtp: server message: 550 5.1.1 No such user\nmsmtp: could not send mail", 550, "5.1.1",
          "msmtp: server message: No such user msmtp: could not send mail"),
         ("to=<a@example.com>, delay=00:00:01, pri=30111, dsn=5.1.1, reply=550 5.1.1 No, stat=User unknown",
-         550, "5.1.1", "to=<a@example.com>, delay=00:00:01, pri=30111, dsn=5.1.1, reply=550 5.1.1 No, stat=User unknown"),
-        ('result="PermFail" stat="552-5.3.4 Too big"', 552, "5.3.4", 'result="PermFail" stat="552-5.3.4 Too big"'),
+         550, "5.1.1",
+         "to=<a@example.com>, delay=00:00:01, pri=30111, dsn=5.1.1, reply=550 5.1.1 No, stat=User unknown"),
+        ('result="PermFail" stat="552-5.3.4 Too big"', 552, "5.3.4",
+         'result="PermFail" stat="552-5.3.4 Too big"'),
         ("    (reason: 553 5.3.0 TLS handshake failed.)", 553, "5.3.0", "(reason: TLS handshake failed.)"),
         ("SMTP error from remote mail server after pipelined MAIL FROM:<a@example.com> SIZE=30178: 552 Big",
-         552, None, "SMTP error from remote mail server after pipelined MAIL FROM:<a@example.com> SIZE=30178: Big"),
+         552, None,
+         "SMTP error from remote mail server after pipelined MAIL FROM:<a@example.com> SIZE=30178: Big"),
         # a Sendmail transcript: the remote reply after "<<< ", not Sendmail's own last line
         ("... while talking to mx.example.com.:\n>>> MAIL From:<a@example.com>\n<<< 553 5.1.8 No domain\n"
          "501 5.6.0 Data format error", 553, "5.1.8",
          "... while talking to mx.example.com.: >>> MAIL From:<a@example.com> No domain Data format error"),
         # digits that are no reply code
-        ("Command died with status 1: \"/bin/false\"", None, None, "Command died with status 1: \"/bin/false\""),
+        ('Command died with status 1: "/bin/false"', None, None, 'Command died with status 1: "/bin/false"'),
     ],
 )
 def test_parse_reply(data: str, code: int | None, status: str | None, text: str) -> None:
@@ -368,7 +373,9 @@ BLIND_SETS = [("bounce_holdout3.toml", 61, NAMED), ("bounce_holdout4.toml", 148,
               ("bounce_holdout15.toml", 51, ("postfix", "exim")),
               # other SMTP servers and policy daemons, generated too
               ("bounce_holdout16.toml", 58, ("postfix",)),
-              ("bounce_holdout17.toml", 62, ("postfix", "exim"))]  # fmt: skip
+              ("bounce_holdout17.toml", 62, ("postfix", "exim")),
+              # milters, Exim/Sendmail ACLs, sending clients, Haraka plugins, Postfix walked through
+              ("bounce_holdout18.toml", 272, ("postfix", "exim", "sendmail"))]  # fmt: skip
 
 
 @pytest.mark.parametrize(("name", "size", "required"), BLIND_SETS)

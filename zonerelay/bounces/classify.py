@@ -45,7 +45,9 @@ DEFERRED_PERMANENT = frozenset({"blacklist", "rate_limit", "mailbox_full", "grey
 
 # "550-5.1.1 text" / "550 5.1.1 text" / "550 text" at the start of a line, maybe after "smtp;" or
 # a Sendmail transcript's "<<< "
-_LINE = re.compile(r"^\s*(?:smtp;\s*|<<<\s*)?([245]\d\d)(?:[ -]|:\s?|$)(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?\s?(.*)$")
+_LINE = re.compile(
+    r"^\s*(?:smtp;\s*|<<<\s*)?([245]\d\d)(?:[ -]|:\s?|$)(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?\s?(.*)$"
+)
 # a reply reported by its enhanced status alone ("5.2.0 Email size exceeded ..."): no code
 _STATUS_FIRST = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\s")
 _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
@@ -61,7 +63,9 @@ _QUOTED = re.compile(
 # a client's or MTA's own words around the remote reply, as its log or bounce gives them: msmtp
 # "server message: 550 ...", dma "... failed after final DATA: 552 ...", Sendmail "reply=550-...",
 # "(reason: 553 ...)", OpenSMTPD 'stat="550-..."', Courier/esmtp "<address>: 550 ..."
-_EMBEDDED = re.compile(r"(?:: |\breply=|\bstat=\"|\(reason: )([245]\d\d)(?:[ -]|$)(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?")
+_EMBEDDED = re.compile(
+    r"(?:: |\breply=|\bstat=\"|\(reason: )([245]\d\d)(?:[ -]|$)(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?"
+)
 # an inline continuation "... 550-5.1.1 more text" inside one line (replies joined by a logger)
 _INLINE = re.compile(r"\s\d{3}[ -](?:[245]\.\d{1,3}\.\d{1,3}\s)?")
 
