@@ -215,6 +215,18 @@ def test_action_table(category: str, code: int | None, action: str) -> None:
         ("... while talking to mx.example.com.:\n>>> MAIL From:<a@example.com>\n<<< 553 5.1.8 No domain\n"
          "501 5.6.0 Data format error", 553, "5.1.8",
          "... while talking to mx.example.com.: >>> MAIL From:<a@example.com> No domain Data format error"),
+        # Python's smtplib exceptions, a DSN's fields, Exim's authenticator log, swaks' transcript
+        ("smtplib.SMTPDataError: (550, b'5.7.1 Spam')", 550, "5.7.1", "smtplib.SMTPDataError: (550, b'5.7.1 Spam')"),
+        ("Action: delayed\nStatus: 4.4.2\nDiagnostic-Code: SMTP; 421 4.4.1 Connection reset", 421, "4.4.1",
+         "Action: delayed Status: 4.4.2 Diagnostic-Code: SMTP; Connection reset"),
+        ("Action: failed\nStatus: 5.0.0\nDiagnostic-Code: unknown; No such domain.", None, "5.0.0",
+         "Action: failed Status: 5.0.0 Diagnostic-Code: unknown; No such domain."),
+        ("a@example.com failed after MAIL FROM: 5.7.0 Authentication required", None, "5.7.0",
+         "a@example.com failed after MAIL FROM: 5.7.0 Authentication required"),
+        ("plain_client authenticator failed H=mx.example.com [192.0.2.1] 535 5.7.8 Bad", 535, "5.7.8",
+         "plain_client authenticator failed H=mx.example.com [192.0.2.1] Bad"),
+        ("<** 535 5.7.8 Bad\n*** No authentication type succeeded", 535, "5.7.8",
+         "Bad *** No authentication type succeeded"),
         # digits that are no reply code
         ('Command died with status 1: "/bin/false"', None, None, 'Command died with status 1: "/bin/false"'),
     ],

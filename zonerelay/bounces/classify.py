@@ -44,9 +44,9 @@ CATEGORIES: tuple[str, ...] = Category.__args__  # type: ignore[attr-defined]
 DEFERRED_PERMANENT = frozenset({"blacklist", "rate_limit", "mailbox_full", "greylist"})
 
 # "550-5.1.1 text" / "550 5.1.1 text" / "550 text" at the start of a line, maybe after "smtp;" or
-# a Sendmail transcript's "<<< "
+# a Sendmail transcript's "<<< " or swaks' "<** "
 _LINE = re.compile(
-    r"^\s*(?:smtp;\s*|<<<\s*)?([245]\d\d)(?:[ -]|:\s?|$)(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?\s?(.*)$"
+    r"^\s*(?:smtp;\s*|<<<\s*|<\*\*\s*)?([245]\d\d)(?:[ -]|:\s?|$)(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?\s?(.*)$"
 )
 # a reply reported by its enhanced status alone ("5.2.0 Email size exceeded ..."): no code
 _STATUS_FIRST = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\s")
@@ -62,10 +62,16 @@ _QUOTED = re.compile(
 )
 # a client's or MTA's own words around the remote reply, as its log or bounce gives them: msmtp
 # "server message: 550 ...", dma "... failed after final DATA: 552 ...", Sendmail "reply=550-...",
-# "(reason: 553 ...)", OpenSMTPD 'stat="550-..."', Courier/esmtp "<address>: 550 ..."
+# "(reason: 553 ...)", OpenSMTPD 'stat="550-..."', Courier/esmtp "<address>: 550 ...", a DSN's
+# "Diagnostic-Code: smtp; 550 ...", Exim's "H=host [192.0.2.1] 535 ...", Python's smtplib
+# exceptions "(550, b'5.1.1 ...')"
 _EMBEDDED = re.compile(
-    r"(?:: |\breply=|\bstat=\"|\(reason: )([245]\d\d)(?:[ -]|$)(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?"
+    r"(?:: |\breply=|\bstat=\"|\(reason: |\b(?i:smtp); ?|\] |\((?=\d{3}, b?['\"]))"
+    r"([245]\d\d)(?:[ -]|$|, b?['\"])(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?"
 )
+# an enhanced status given without a code after a client's words ("failed after MAIL FROM: 5.7.0
+# Authentication required", a DSN's "Status: 5.0.0")
+_STATUS_AFTER = re.compile(r": ([245]\.\d{1,3}\.\d{1,3})\s")
 # an inline continuation "... 550-5.1.1 more text" inside one line (replies joined by a logger)
 _INLINE = re.compile(r"\s\d{3}[ -](?:[245]\.\d{1,3}\.\d{1,3}\s)?")
 
@@ -146,7 +152,9 @@ def parse_reply(data: str) -> ParsedReply:
         code = int(quoted.group(1))
         if quoted.group(2) and quoted.group(2)[0] == quoted.group(1)[0]:
             status = quoted.group(2)
-    if code is None and (leading := _STATUS_FIRST.match(data) or _QMAIL_STATUS.search(data)):
+    if code is None and (
+        leading := _STATUS_FIRST.match(data) or _QMAIL_STATUS.search(data) or _STATUS_AFTER.search(data)
+    ):
         status = leading.group(1)
     elif code is not None:
         text = _INLINE.sub(" ", " " + text).strip()
