@@ -216,7 +216,8 @@ def test_action_table(category: str, code: int | None, action: str) -> None:
          "501 5.6.0 Data format error", 553, "5.1.8",
          "... while talking to mx.example.com.: >>> MAIL From:<a@example.com> No domain Data format error"),
         # Python's smtplib exceptions, a DSN's fields, Exim's authenticator log, swaks' transcript
-        ("smtplib.SMTPDataError: (550, b'5.7.1 Spam')", 550, "5.7.1", "smtplib.SMTPDataError: (550, b'5.7.1 Spam')"),
+        ("smtplib.SMTPDataError: (550, b'5.7.1 Spam')", 550, "5.7.1",
+         "smtplib.SMTPDataError: (550, b'5.7.1 Spam')"),
         ("Action: delayed\nStatus: 4.4.2\nDiagnostic-Code: SMTP; 421 4.4.1 Connection reset", 421, "4.4.1",
          "Action: delayed Status: 4.4.2 Diagnostic-Code: SMTP; Connection reset"),
         ("Action: failed\nStatus: 5.0.0\nDiagnostic-Code: unknown; No such domain.", None, "5.0.0",
