@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import tomllib
 from collections import Counter
 from pathlib import Path
@@ -48,7 +47,8 @@ def accuracy(cases: list[dict[str, str]]) -> tuple[int, int, list[tuple[str, str
 # and 117/126 under the rebuilt rules; 6: 78/92 and 89/92, 7: 81/99 and 96/99, 8: 92/117 and
 # 108/117, 9: 77/114 and 103/114, 10: 48/62 and 59/62, 11: 63/80 and 73/80, 12: 39/55 and 47/55,
 # 13: 30/39 and 34/39, 14: 111/133 and 129/133, 15: 39/51 and 51/51,
-# 16: 44/58 and 56/58, 17: 46/62 and 60/62, 18: 214/272 and 248/272 with the model);
+# 16: 44/58 and 56/58, 17: 46/62 and 60/62, 18: 214/272 and 248/272,
+# 19: 126/175 and 163/175 with the model);
 # docs/bounces.md keeps the history. Eight training labels were changed
 # to follow tests/data/LABELLING.md when the guide was written (listed in docs/bounces.md).
 TRAINING = ("bounce_corpus.toml", "bounce_holdout.toml", "bounce_holdout2.toml", "bounce_holdout3.toml",
@@ -56,7 +56,8 @@ TRAINING = ("bounce_corpus.toml", "bounce_holdout.toml", "bounce_holdout2.toml",
             "bounce_holdout7.toml", "bounce_holdout8.toml", "bounce_holdout9.toml",
             "bounce_holdout10.toml", "bounce_holdout11.toml", "bounce_holdout12.toml",
             "bounce_holdout13.toml", "bounce_holdout14.toml", "bounce_holdout15.toml",
-            "bounce_holdout16.toml", "bounce_holdout17.toml", "bounce_holdout18.toml")  # fmt: skip
+            "bounce_holdout16.toml", "bounce_holdout17.toml", "bounce_holdout18.toml",
+            "bounce_holdout19.toml")  # fmt: skip
 # Left wrong on purpose. Most of these replies meet only a catch-all rule (or none), so the model
 # learned from the examples reads them; it reads these few otherwise than their labels, whose
 # texts say little (the labels came from a provider's documentation or a judgement call).
@@ -80,7 +81,7 @@ KNOWN_MISSES = {
     "450 Temp. resolver error (EREFUSED)",  # transient (the receiver's resolver); dns (same action)
     "517-Domain does not exist: example.org.",  # policy (Courier, the sender's domain); dns (same action)
     "501 Invisible customers are not welcome!",  # other (chasquid: EHLO without a name); protocol
-    "550 user@example.com Failed",  # other (Net::Server::Mail: no reason given); policy
+    "550 user@example.com Failed",  # other (Net::Server::Mail: no reason given); the model guesses
     "0 (null)",  # other (esmtp: no reason given); model: dns (same action)
     "550 5.7.1 Your mail client is not allowed",  # policy (a Postfix access-table text); blacklist
 }
@@ -97,14 +98,15 @@ def assert_well_formed(case: dict[str, Any]) -> None:
     """A labelled reply: a source, a known category, and the action the issue's rule gives."""
     assert case["source"].strip(), case
     assert case["category"] in CATEGORIES, case
-    # a 4xx, or no reply code at all; without a code of its own, qmail gives only a "(#5.1.2)"
-    # trailer and Postfix quotes the reply after "said:" (tests/data/LABELLING.md)
-    # ... and a client wraps it in its own words ("server message: 550", "reply=550", 'stat="550',
-    # or the remote reply on a line of its own)
-    reply = case["reply"]
-    own = re.match(r"\s*([245])(?:\d\d\b|\.\d)", reply)
-    wrapped = re.search(r'(?:\bsaid:|: |\breply=|\bstat="|\(reason: |^(?:<<< )?)\s*5\d\d[ -]', reply, re.M)
-    temporary = own.group(1) != "5" if own else "(#5." not in reply and wrapped is None
+    # a 4xx, or no reply code at all, is temporary; the code is where the parser finds it (its
+    # own tests above): at the start, quoted by an MTA ("said: 550"), wrapped in a client's words
+    # ("server message: 550", "reply=550", "(550, b'..."), or a bare "5.1.2" status
+    # (tests/data/LABELLING.md)
+    reply = parse_reply(case["reply"])
+    if reply.code is not None:
+        temporary = reply.code < 500
+    else:
+        temporary = reply.status is None or not reply.status.startswith("5")
     retried = case["category"] in {"blacklist", "rate_limit", "mailbox_full", "greylist"}
     assert case["action"] == ("defer" if temporary or retried else "reject"), case
 
@@ -388,7 +390,9 @@ BLIND_SETS = [("bounce_holdout3.toml", 61, NAMED), ("bounce_holdout4.toml", 148,
               ("bounce_holdout16.toml", 58, ("postfix",)),
               ("bounce_holdout17.toml", 62, ("postfix", "exim")),
               # milters, Exim/Sendmail ACLs, sending clients, Haraka plugins, Postfix walked through
-              ("bounce_holdout18.toml", 272, ("postfix", "exim", "sendmail"))]  # fmt: skip
+              ("bounce_holdout18.toml", 272, ("postfix", "exim", "sendmail")),
+              # rspamd, qpsmtpd, sending libraries, MTAs' delivery side and DSNs
+              ("bounce_holdout19.toml", 175, ("exim", "sendmail"))]  # fmt: skip
 
 
 @pytest.mark.parametrize(("name", "size", "required"), BLIND_SETS)
