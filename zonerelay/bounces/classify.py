@@ -70,8 +70,8 @@ _EMBEDDED = re.compile(
     r"([245]\d\d)(?:[ -]|$|, b?['\"])(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?"
 )
 # an enhanced status given without a code after a client's words ("failed after MAIL FROM: 5.7.0
-# Authentication required", a DSN's "Status: 5.0.0")
-_STATUS_AFTER = re.compile(r": ([245]\.\d{1,3}\.\d{1,3})\s")
+# Authentication required", a DSN's "Status: 5.0.0", Sendmail's and Postfix's log "dsn=5.3.0,")
+_STATUS_AFTER = re.compile(r"(?:: |\bdsn=)([245]\.\d{1,3}\.\d{1,3})\b")
 # an inline continuation "... 550-5.1.1 more text" inside one line (replies joined by a logger)
 _INLINE = re.compile(r"\s\d{3}[ -](?:[245]\.\d{1,3}\.\d{1,3}\s)?")
 
