@@ -55,7 +55,7 @@ class BounceHandler:
         self._model_ready = False
 
     async def warm_up(self) -> None:
-        """Train the learned classifier (about a second of CPU) off the event loop, once, when
+        """Train the learned classifier (a few seconds of CPU) off the event loop, once, when
         the first failure needs it: a worker that never sees one never pays for it."""
         if self.classifier.learned and not self._model_ready:
             from zonerelay.bounces.learned import shipped_model
@@ -73,7 +73,9 @@ class BounceHandler:
         """Status, next attempt and response to record for a failed attempt; fills ``details``."""
         if self.classifier.needs_model(response):  # rule-matched replies never wait for training
             await self.warm_up()
-        c = self.classifier.classify(response)
+            c = await asyncio.to_thread(self.classifier.classify, response)  # ~3 ms of model
+        else:
+            c = self.classifier.classify(response)
         details.update(classification_details(c))
         scheduled = retry.next_attempt(deferrals=delivery.attempts + 1, queued_at=delivery.created, now=now)
         other_source, resume_at = False, None
