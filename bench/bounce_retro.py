@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import importlib
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -72,7 +73,8 @@ def run(number: int, commit: str, model: str, misses: bool) -> tuple[int, str]:
         subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
         flags = ["--misses"] if misses else []
         argv = [sys.executable, __file__, "--child", tree, str(number), model, *flags]
-        out = subprocess.run(argv, check=True, capture_output=True, text=True, cwd=tree).stdout
+        env = {**os.environ, "XDG_CACHE_HOME": f"{tree}/.cache"}  # keep the user's fitted model
+        out = subprocess.run(argv, check=True, capture_output=True, text=True, cwd=tree, env=env).stdout
     return number, out
 
 
