@@ -45,3 +45,16 @@ def test_a_damaged_or_foreign_writable_cache_is_not_trusted(cache: Path) -> None
     assert learned._load(path) is not None
     os.chmod(path, 0o666)  # anyone could have replaced it: never unpickled
     assert learned._load(path) is None
+
+
+def test_without_a_usable_cache_directory_each_process_fits_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # XDG_CACHE_HOME is a file: the cache directory cannot be made
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    learned.shipped_model.cache_clear()
+    try:
+        assert learned.shipped_model().predict(REPLY) == "recipient"
+    finally:
+        learned.shipped_model.cache_clear()

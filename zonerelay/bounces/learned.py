@@ -122,6 +122,24 @@ def _load(path: Path) -> ReplyModel | None:
         return None
 
 
+def _keep(model: ReplyModel, path: Path) -> None:
+    """Write the fitted model for the next process; best effort: this one has its model."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    except (OSError, pickle.PicklingError):
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        return
+    for old in path.parent.glob("bounce-model-*.pickle"):
+        if old != path:
+            with contextlib.suppress(OSError):
+                old.unlink(missing_ok=True)  # fitted for an older release
+
+
 @lru_cache(maxsize=1)
 def shipped_model() -> ReplyModel:
     """The model fitted on the shipped examples, once per machine: the first process fits it (a
@@ -139,13 +157,5 @@ def shipped_model() -> ReplyModel:
         model = _load(path)
         if model is None:
             model = ReplyModel(weighted(shipped_examples()))
-            with contextlib.suppress(OSError):
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                with tmp.open("wb") as f:
-                    pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL)
-                tmp.chmod(0o600)
-                tmp.replace(path)
-                for old in folder.glob("bounce-model-*.pickle"):
-                    if old != path:
-                        old.unlink(missing_ok=True)  # fitted for an older release
+            _keep(model, path)
     return model
