@@ -55,8 +55,9 @@ class BounceHandler:
         self._model_ready = False
 
     async def warm_up(self) -> None:
-        """Train the learned classifier (a few seconds of CPU) off the event loop, once, when
-        the first failure needs it: a worker that never sees one never pays for it."""
+        """Load the learned classifier (or fit it, a few seconds of CPU, if no process on this
+        machine has yet) off the event loop, once, when the first failure needs it: a worker
+        that never sees one never pays for it."""
         if self.classifier.learned and not self._model_ready:
             from zonerelay.bounces.learned import shipped_model
 

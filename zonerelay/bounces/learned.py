@@ -5,9 +5,10 @@ their specific families matches, a reply used to fall to the generic catch-alls 
 status code, and measured on replies nobody had seen, that is where most mistakes were. This
 model reads such a reply the way the labelled examples were read: a linear support vector
 machine (scikit-learn's ``LinearSVC``, i.e. liblinear) over tf-idf weighted word 1-2-grams and
-character 3-5-grams, plus the reply code and the enhanced status as tokens. It is trained when
-first used, from ``examples/*.toml`` (every labelled set once it has been measured as a held-out
-set), in about a second; nothing is fitted offline, so a new labelled set needs no build step.
+character 3-5-grams, plus the reply code and the enhanced status as tokens. It is fitted when
+first needed, from ``examples/*.toml`` (every labelled set once it has been measured as a
+held-out set), in a few seconds, and kept for the machine's other processes (``shipped_model``);
+nothing is fitted offline, so a new labelled set needs no build step.
 
 Taken from scikit-learn rather than written out: a discriminative model read unseen families
 better than the hand-written naive Bayes it replaces (docs/bounces.md: re-run on twelve held-out
@@ -96,7 +97,8 @@ def weighted(examples: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def _fingerprint() -> str:
     """What the fitted model depends on: this package's bounce code, rules and examples, and the
-    versions of Python and scikit-learn (a pickle is only good for the same ones)."""
+    versions of Python and scikit-learn (its pickles are only good for the same version; NumPy
+    keeps its arrays' pickles readable across versions)."""
     digest = hashlib.sha256(f"{sys.version}|{sklearn.__version__}|{RESIDUAL_WEIGHT}|{C}".encode())
     package = resources.files("zonerelay.bounces")
     for entry in sorted((*package.iterdir(), *package.joinpath("examples").iterdir()), key=lambda e: e.name):
