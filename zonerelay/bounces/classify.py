@@ -64,14 +64,16 @@ _QUOTED = re.compile(
 # "server message: 550 ...", dma "... failed after final DATA: 552 ...", Sendmail "reply=550-...",
 # "(reason: 553 ...)", OpenSMTPD 'stat="550-..."', Courier/esmtp "<address>: 550 ...", a DSN's
 # "Diagnostic-Code: smtp; 550 ...", Exim's "H=host [192.0.2.1] 535 ...", Python's smtplib
-# exceptions "(550, b'5.1.1 ...')"
+# exceptions "(550, b'5.1.1 ...')", sendEmail's "Received: \t550 ...", PEAR's "(code: 554,
+# response: ...)"
 _EMBEDDED = re.compile(
-    r"(?:: |\breply=|\bstat=\"|\(reason: |\b(?i:smtp); ?|\] |\((?=\d{3}, b?['\"]))"
-    r"([245]\d\d)(?:[ -]|$|, b?['\"])(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?"
+    r"(?::[ \t]+|\breply=|\bstat=\"|\(reason: |\b(?i:smtp); ?|\] |\((?=\d{3}, b?['\"]))"
+    r"([245]\d\d)(?:[ -]|$|, b?['\"]|,(?= response: ))(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?"
 )
 # an enhanced status given without a code after a client's words ("failed after MAIL FROM: 5.7.0
-# Authentication required", a DSN's "Status: 5.0.0", Sendmail's and Postfix's log "dsn=5.3.0,")
-_STATUS_AFTER = re.compile(r"(?:: |\bdsn=)([245]\.\d{1,3}\.\d{1,3})\b")
+# Authentication required", a DSN's "Status: 5.0.0", Sendmail's and Postfix's log "dsn=5.3.0,",
+# MIME::Lite's "command failed: " and a new line, Net::SMTP's "Last server message was:5.3.4")
+_STATUS_AFTER = re.compile(r"(?::\s*|\bdsn=)([245]\.\d{1,3}\.\d{1,3})\b")
 # an inline continuation "... 550-5.1.1 more text" inside one line (replies joined by a logger)
 _INLINE = re.compile(r"\s\d{3}[ -](?:[245]\.\d{1,3}\.\d{1,3}\s)?")
 
