@@ -37,6 +37,18 @@ def score(classifier: Classifier, cases: list[dict[str, Any]]) -> tuple[int, int
     return cat_ok, act_ok, len(cases)
 
 
+def misses(classifier: Classifier, cases: list[dict[str, Any]]) -> list[str]:
+    """One line per reply classified wrongly: provider, expected and got, the reply's start."""
+    lines = []
+    for case in cases:
+        got = classifier.classify(case["reply"])
+        if (got.category, got.action) != (case["category"], case["action"]):
+            expected = f"{case['category']}/{case['action']}"
+            lines.append(f"  [{case['provider']}] {expected} got {got.category}/{got.action}:"
+                         f" {case['reply'][:300]!r}")  # fmt: skip
+    return lines
+
+
 def line(label: str, result: tuple[int, int, int]) -> str:
     cat_ok, act_ok, n = result
     if not n:
@@ -54,12 +66,8 @@ def main(argv: list[str]) -> int:
         cases = tomllib.loads(path.read_text("utf-8"))["case"]
         every += cases
         if show:
-            for case in cases:
-                got = full.classify(case["reply"])
-                if (got.category, got.action) != (case["category"], case["action"]):
-                    expected = f"{case['category']}/{case['action']}"
-                    print(f"  [{case['provider']}] {expected} got {got.category}/{got.action}:"
-                          f" {case['reply'][:300]!r}")  # fmt: skip
+            for miss in misses(full, cases):
+                print(miss)
         print(line(path.name, score(full, cases)))
         print(line("  named providers", score(full, [c for c in cases if c["provider"] in NAMED])))
         print(line("  rules alone", score(rules, cases)))

@@ -52,18 +52,15 @@ def child(tree: str, number: int, model: str, misses: bool) -> None:
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
-    classifier = importlib.import_module("zonerelay.bounces.classify").Classifier()
+    import bounce_accuracy  # beside this file; imports the old tree's classifier, first on the path
+
+    classifier = bounce_accuracy.Classifier()
     text = (Path(tree) / "tests" / "data" / f"bounce_holdout{number}.toml").read_text("utf-8")
     cases = tomllib.loads(text)["case"]
-    cat_ok = act_ok = 0
-    for case in cases:
-        got = classifier.classify(case["reply"])
-        cat_ok += got.category == case["category"]
-        act_ok += got.action == case["action"]
-        if misses and (got.category, got.action) != (case["category"], case["action"]):
-            print(f"  [holdout{number}] {case['category']}/{case['action']} got"
-                  f" {got.category}/{got.action}: {case['reply'][:200]!r}")  # fmt: skip
-    print(f"RESULT {cat_ok} {act_ok} {len(cases)}")
+    if misses:
+        for miss in bounce_accuracy.misses(classifier, cases):
+            print(miss)
+    print("RESULT {} {} {}".format(*bounce_accuracy.score(classifier, cases)))
 
 
 def run(number: int, commit: str, model: str, misses: bool) -> tuple[int, str]:
