@@ -283,6 +283,8 @@ def test_learned_model_reads_what_only_a_catch_all_matches(data: str, category: 
     assert rule is None or rule.fallback  # the model decides these, not a specific rule
     assert Classifier().needs_model(data) and not Classifier(learned=False).needs_model(data)
     assert classify(data).category == category
+    found = Classifier().match(data)  # the worker matches once, then classifies off the event loop
+    assert found.needs_model and Classifier().classify(found) == classify(data)
 
 
 def test_a_reply_a_rule_takes_never_waits_for_the_model() -> None:

@@ -134,6 +134,16 @@ class ParsedReply:
     text: str  # every line's text joined by spaces, without the code prefixes
 
 
+@dataclass(frozen=True, slots=True)
+class Match:
+    """A reply read and matched against the rules, before anything is decided from it."""
+
+    data: str  # the text classified (at most MAX_CLASSIFIED characters)
+    reply: ParsedReply
+    rule: Rule | None  # the first rule that matched
+    needs_model: bool  # no rule or only a catch-all matched, and the learned model is on
+
+
 def parse_reply(data: str) -> ParsedReply:
     """Split a reply (one or several lines, or a failure message) into code, status and text."""
     code: int | None = None
@@ -285,24 +295,26 @@ class Classifier:
     def from_file(cls, rules_file: str | Path | None) -> Classifier:
         return cls(load_rules_file(Path(rules_file)) if rules_file else ())
 
-    def needs_model(self, data: str) -> bool:
-        """Whether classifying ``data`` asks the learned model: no rule, or only a catch-all,
-        matches it. Lets a caller train the model (a second of CPU) only when it is needed."""
-        if not self.learned:
-            return False
-        rule = _first(self.rules, parse_reply(data[:MAX_CLASSIFIED]))
-        return rule is None or rule.fallback
-
-    def classify(self, data: str) -> Classification:
+    def match(self, data: str) -> Match:
+        """Read ``data`` and find the first rule it matches; ``classify`` decides from this."""
         data = data[:MAX_CLASSIFIED]
         reply = parse_reply(data)
         rule = _first(self.rules, reply)
-        if rule is not None and not rule.fallback:
-            category, message, rule_action = rule.category, rule.message, rule.action
-        elif self.learned:
+        return Match(data, reply, rule, self.learned and (rule is None or rule.fallback))
+
+    def needs_model(self, data: str) -> bool:
+        """Whether classifying ``data`` asks the learned model: no rule, or only a catch-all,
+        matches it. Lets a caller train the model (a second of CPU) only when it is needed."""
+        return self.match(data).needs_model
+
+    def classify(self, data: str | Match) -> Classification:
+        """Category and action of a reply; pass a :class:`Match` to skip reading it again."""
+        found = data if isinstance(data, Match) else self.match(data)
+        reply, rule = found.reply, found.rule
+        if found.needs_model:
             from zonerelay.bounces.learned import shipped_model  # it imports this module
 
-            category = shipped_model().predict(data)
+            category = shipped_model().predict(found.data)
             message, rule_action = _MESSAGES[category], None
         elif rule is not None:
             category, message, rule_action = rule.category, rule.message, rule.action

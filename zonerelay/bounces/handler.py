@@ -72,11 +72,12 @@ class BounceHandler:
         self, delivery: Delivery, response: str, details: dict[str, Any], now: float, retry: RetryPolicy
     ) -> tuple[DeliveryStatus, float | None, str]:
         """Status, next attempt and response to record for a failed attempt; fills ``details``."""
-        if self.classifier.needs_model(response):  # rule-matched replies never wait for training
+        found = self.classifier.match(response)
+        if found.needs_model:  # rule-matched replies never wait for training
             await self.warm_up()
-            c = await asyncio.to_thread(self.classifier.classify, response)  # ~3 ms of model
+            c = await asyncio.to_thread(self.classifier.classify, found)  # ~3 ms of model
         else:
-            c = self.classifier.classify(response)
+            c = self.classifier.classify(found)
         details.update(classification_details(c))
         scheduled = retry.next_attempt(deferrals=delivery.attempts + 1, queued_at=delivery.created, now=now)
         other_source, resume_at = False, None
