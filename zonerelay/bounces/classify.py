@@ -48,8 +48,9 @@ DEFERRED_PERMANENT = frozenset({"blacklist", "rate_limit", "mailbox_full", "grey
 _LINE = re.compile(
     r"^\s*(?:smtp;\s*|<<<\s*|<\*\*\s*)?([245]\d\d)(?:[ -]|:\s?|$)(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?\s?(.*)$"
 )
-# a reply reported by its enhanced status alone ("5.2.0 Email size exceeded ..."): no code
-_STATUS_FIRST = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\s")
+# a reply reported by its enhanced status alone ("5.2.0 Email size exceeded ..."), maybe on a line
+# of its own after a client's words: no code
+_STATUS_FIRST = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\s", re.MULTILINE)
 _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 # qmail's way: the text, then the enhanced status in a "(#5.1.2)" trailer, no code
 _QMAIL_STATUS = re.compile(r"\(#([245]\.\d{1,3}\.\d{1,3})\)")
@@ -57,7 +58,7 @@ _QMAIL_STATUS = re.compile(r"\(#([245]\.\d{1,3}\.\d{1,3})\)")
 # Exim "SMTP error from remote mail server after RCPT TO:<...>: 550 ..."
 _QUOTED = re.compile(
     r"(?:\bsaid:|\bremote (?:mail )?server after [^:]+(?::<[^>]*>)?:)"
-    r"\s*([245]\d\d)(?:[ -]|$)(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?",
+    r"\s*([245]\d\d)(?:[ -]|\n|$)(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?",
     re.IGNORECASE,
 )
 # a client's or MTA's own words around the remote reply, as its log or bounce gives them: msmtp
@@ -65,15 +66,18 @@ _QUOTED = re.compile(
 # "(reason: 553 ...)", OpenSMTPD 'stat="550-..."', Courier/esmtp "<address>: 550 ...", a DSN's
 # "Diagnostic-Code: smtp; 550 ...", Exim's "H=host [192.0.2.1] 535 ...", Python's smtplib
 # exceptions "(550, b'5.1.1 ...')", sendEmail's "Received: \t550 ...", PEAR's "(code: 554,
-# response: ...)"
+# response: ...)", Exchange's "Remote Server returned '550 ...'", Swift Mailer's 'with message
+# "550 ..."', Ruby's "Net::SMTPFatalError (555 ...", maddy's JSON '"smtp_code":556,'
 _EMBEDDED = re.compile(
-    r"(?::[ \t]+|\breply=|\bstat=\"|\(reason: |\b(?i:smtp); ?|\] |\((?=\d{3}, b?['\"]))"
-    r"([245]\d\d)(?:[ -]|$|, b?['\"]|,(?= response: ))(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?"
+    r"(?::[ \t]+|\breply=|\bstat=\"|\(reason: |\b(?i:smtp); ?|\] |\((?=\d{3}, b?['\"])|\breturned '"
+    r"|\bmessage \"|Error \(|\"smtp_code\": ?)"
+    r"([245]\d\d)(?:[ -]|$|, b?['\"]|,(?= response: )|,(?=\"))(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?"
 )
 # an enhanced status given without a code after a client's words ("failed after MAIL FROM: 5.7.0
 # Authentication required", a DSN's "Status: 5.0.0", Sendmail's and Postfix's log "dsn=5.3.0,",
-# MIME::Lite's "command failed: " and a new line, Net::SMTP's "Last server message was:5.3.4")
-_STATUS_AFTER = re.compile(r"(?::\s*|\bdsn=)([245]\.\d{1,3}\.\d{1,3})\b")
+# MIME::Lite's "command failed: " and a new line, Net::SMTP's "Last server message was:5.3.4",
+# Postfix's "milter-reject for END-OF-MESSAGE. 5.7.1 ...")
+_STATUS_AFTER = re.compile(r"(?::\s*|\bdsn=|\.[ \t]+)([245]\.\d{1,3}\.\d{1,3})\b")
 # an inline continuation "... 550-5.1.1 more text" inside one line (replies joined by a logger)
 _INLINE = re.compile(r"\s\d{3}[ -](?:[245]\.\d{1,3}\.\d{1,3}\s)?")
 
@@ -165,7 +169,7 @@ def parse_reply(data: str) -> ParsedReply:
         if quoted.group(2) and quoted.group(2)[0] == quoted.group(1)[0]:
             status = quoted.group(2)
     if code is None and (
-        leading := _STATUS_FIRST.match(data) or _QMAIL_STATUS.search(data) or _STATUS_AFTER.search(data)
+        leading := _STATUS_FIRST.search(data) or _QMAIL_STATUS.search(data) or _STATUS_AFTER.search(data)
     ):
         status = leading.group(1)
     elif code is not None:
