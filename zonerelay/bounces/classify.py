@@ -67,11 +67,13 @@ _QUOTED = re.compile(
 # "Diagnostic-Code: smtp; 550 ...", Exim's "H=host [192.0.2.1] 535 ...", Python's smtplib
 # exceptions "(550, b'5.1.1 ...')", sendEmail's "Received: \t550 ...", PEAR's "(code: 554,
 # response: ...)", Exchange's "Remote Server returned '550 ...'", Swift Mailer's 'with message
-# "550 ..."', Ruby's "Net::SMTPFatalError (555 ...", maddy's JSON '"smtp_code":556,'
+# "550 ..."', Ruby's "Net::SMTPFatalError (555 ...", maddy's JSON '"smtp_code":556,', Stalwart's
+# "rejected command 'RCPT TO:<...>' with code 550 (5.5.0) '...'", IONOS's "not reachable: '<address>'
+# 550 ..."
 _EMBEDDED = re.compile(
     r"(?::[ \t]+|\breply=|\bstat=\"|\(reason: |\b(?i:smtp); ?|\] |\((?=\d{3}, b?['\"])|\breturned '"
-    r"|\bmessage \"|Error \(|\"smtp_code\": ?)"
-    r"([245]\d\d)(?:[ -]|$|, b?['\"]|,(?= response: )|,(?=\"))(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?"
+    r"|\bmessage \"|Error \(|\"smtp_code\": ?|\bwith code |: '[^'\s]*' )"
+    r"([245]\d\d)(?:[ -]|$|, b?['\"]|,(?= response: )|,(?=\"))(?:\s*\(?([245]\.\d{1,3}\.\d{1,3})\b)?"
 )
 # an enhanced status given without a code after a client's words ("failed after MAIL FROM: 5.7.0
 # Authentication required", a DSN's "Status: 5.0.0", Sendmail's and Postfix's log "dsn=5.3.0,",
