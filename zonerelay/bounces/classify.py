@@ -69,11 +69,12 @@ _QUOTED = re.compile(
 # response: ...)", Exchange's "Remote Server returned '550 ...'", Swift Mailer's 'with message
 # "550 ..."', Ruby's "Net::SMTPFatalError (555 ...", maddy's JSON '"smtp_code":556,', Stalwart's
 # "rejected command 'RCPT TO:<...>' with code 550 (5.5.0) '...'", IONOS's "not reachable: '<address>'
-# 550 ...", Haraka's DSN status "5.1.0 (450 ...)", tcllib's "diagnostic {...} args {} code 530"
+# 550 ...", Haraka's DSN status "5.1.0 (450 ...)", tcllib's "diagnostic {...} args {} code 530",
+# simplesmtp's "Invalid login - 535 ...", the npm sendmail package's "SMTP code:552 msg:..."
 _EMBEDDED = re.compile(
     r"(?::[ \t]+|\breply=|\bstat=\"|\(reason: |\b(?i:smtp); ?|\] |\((?=\d{3}, b?['\"])|\breturned '"
     r"|\bmessage \"|Error \(|\"smtp_code\": ?|\bwith code |: '[^'\s]*' |^[245]\.\d{1,3}\.\d{1,3} \("
-    r"|\bcode (?=\d{3}\W*$))"
+    r"|\bcode (?=\d{3}\W*$)|\bcode:| - (?=\d{3}\b))"
     r"([245]\d\d)(?:[ -]|$|, b?['\"]|,(?= response: )|,(?=\"))(?:\s*\(?([245]\.\d{1,3}\.\d{1,3})\b)?"
 )
 # an enhanced status given without a code after a client's words ("failed after MAIL FROM: 5.7.0
