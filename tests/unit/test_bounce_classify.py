@@ -292,7 +292,19 @@ def test_action_table_by_status(category: str, code: int | None, status: str | N
          "Invalid login - Error: authentication failed"),
         ("SMTP code:552 msg:552 Error: Too much mail data", 552, None,
          "SMTP code:552 msg:552 Error: Too much mail data"),
+        # the last resort for wrappers no pattern knows: a code and a status of its class anywhere,
+        # or a code after the word "code"
+        ("mail.example.com ESMTP 550 5.7.0  Mail from 192.0.2.1 refused", 550, "5.7.0",
+         "mail.example.com ESMTP  Mail from 192.0.2.1 refused"),
+        ("relay said (rejected 550 5.1.1 no such user)", 550, "5.1.1", "relay said (rejected no such user)"),
+        ("delivery failed, status code=554: transaction failed", 554, None,
+         "delivery failed, status code=554: transaction failed"),
         # digits that are no reply code
+        ("message is too big (transport limit = 500)", None, None,
+         "message is too big (transport limit = 500)"),
+        ("syntax error parsing: HTTP/1.1 400 Bad Request", None, None,
+         "syntax error parsing: HTTP/1.1 400 Bad Request"),
+        ("Winsock error code: 10060", None, None, "Winsock error code: 10060"),
         ('Command died with status 1: "/bin/false"', None, None, 'Command died with status 1: "/bin/false"'),
     ],
 )

@@ -77,6 +77,11 @@ _EMBEDDED = re.compile(
     r"|\bcode (?=\d{3}\W*$)|\bcode:| - (?=\d{3}\b))"
     r"([245]\d\d)(?:[ -]|$|, b?['\"]|,(?= response: )|,(?=\"))(?:\s*\(?([245]\.\d{1,3}\.\d{1,3})\b)?"
 )
+# the last resort, for wrappers no pattern above knows: a code followed by an enhanced status of
+# its class anywhere ("... rejected: 550 5.1.1 ..."), or a code after the word "code" ("got code
+# \"550\"", "code=554"); both read a reply in a new library's words rather than no reply at all
+_ANY_PAIR = re.compile(r"(?<![\w./])([45]\d\d)[ -]\(?([45]\.\d{1,3}\.\d{1,3})\b")
+_AFTER_CODE = re.compile(r"\bcode\b[:=]?\s*[\"']?([45]\d\d)\b", re.IGNORECASE)
 # an enhanced status given without a code after a client's words ("failed after MAIL FROM: 5.7.0
 # Authentication required", a DSN's "Status: 5.0.0", Sendmail's and Postfix's log "dsn=5.3.0,",
 # MIME::Lite's "command failed: " and a new line, Net::SMTP's "Last server message was:5.3.4",
@@ -152,6 +157,16 @@ class Match:
     needs_model: bool  # no rule or only a catch-all matched, and the learned model is on
 
 
+def _anywhere(data: str, status: str | None) -> tuple[int | None, str | None]:
+    """The last resort's code and status, if the text has them (see ``_ANY_PAIR``)."""
+    for pair in _ANY_PAIR.finditer(data):
+        if pair.group(1)[0] == pair.group(2)[0]:
+            return int(pair.group(1)), pair.group(2)
+    if after := _AFTER_CODE.search(data):
+        return int(after.group(1)), status
+    return None, status
+
+
 def parse_reply(data: str) -> ParsedReply:
     """Split a reply (one or several lines, or a failure message) into code, status and text."""
     code: int | None = None
@@ -172,6 +187,8 @@ def parse_reply(data: str) -> ParsedReply:
         code = int(quoted.group(1))
         if quoted.group(2) and quoted.group(2)[0] == quoted.group(1)[0]:
             status = quoted.group(2)
+    if code is None:
+        code, status = _anywhere(data, status)
     if code is None and (
         leading := _STATUS_FIRST.search(data) or _QMAIL_STATUS.search(data) or _STATUS_AFTER.search(data)
     ):
