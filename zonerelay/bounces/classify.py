@@ -48,12 +48,13 @@ DEFERRED_PERMANENT = frozenset({"blacklist", "rate_limit", "mailbox_full", "grey
 _LINE = re.compile(
     r"^\s*(?:smtp;\s*|<<<\s*|<\*\*\s*)?([245]\d\d)(?:[ -]|:\s?|$)(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?\s?(.*)$"
 )
-# a reply reported by its enhanced status alone ("5.2.0 Email size exceeded ..."), maybe on a line
-# of its own after a client's words: no code
-_STATUS_FIRST = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\s", re.MULTILINE)
+# a reply reported by its enhanced status alone ("5.2.0 Email size exceeded ...", Microsoft's
+# "5.7.1. Unable To Relay"), maybe on a line of its own after a client's words: no code
+_STATUS_FIRST = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\.?\s", re.MULTILINE)
 _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
-# qmail's way: the text, then the enhanced status in a "(#5.1.2)" trailer, no code
-_QMAIL_STATUS = re.compile(r"\(#([245]\.\d{1,3}\.\d{1,3})\)")
+# qmail's way: the text, then the enhanced status in a "(#5.1.2)" trailer, no code; Exchange's
+# NDR puts it in "<server.example.com #5.1.1>"
+_QMAIL_STATUS = re.compile(r"[(\s]#([245]\.\d{1,3}\.\d{1,3})[)>]")
 # an MTA's report of the remote reply: Postfix "host mx.example.com[192.0.2.1] said: 550 5.1.1 ...",
 # Exim "SMTP error from remote mail server after RCPT TO:<...>: 550 ..."
 _QUOTED = re.compile(
@@ -79,9 +80,10 @@ _EMBEDDED = re.compile(
 )
 # the last resort, for wrappers no pattern above knows: a code followed by an enhanced status of
 # its class anywhere ("... rejected: 550 5.1.1 ..."), or a code after the word "code" ("got code
-# \"550\"", "code=554"); both read a reply in a new library's words rather than no reply at all
+# \"550\"", "code=554", "ERROR_CODE :550"); both read a reply in a new library's words rather
+# than no reply at all
 _ANY_PAIR = re.compile(r"(?<![\w./])([45]\d\d)[ -]\(?([45]\.\d{1,3}\.\d{1,3})\b")
-_AFTER_CODE = re.compile(r"\bcode\b[:=]?\s*[\"']?([45]\d\d)\b", re.IGNORECASE)
+_AFTER_CODE = re.compile(r"(?:\b|(?<=_))code\b\s*[:=]?\s*[\"']?([45]\d\d)\b", re.IGNORECASE)
 # an enhanced status given without a code after a client's words ("failed after MAIL FROM: 5.7.0
 # Authentication required", a DSN's "Status: 5.0.0", Sendmail's and Postfix's log "dsn=5.3.0,",
 # MIME::Lite's "command failed: " and a new line, Net::SMTP's "Last server message was:5.3.4",
