@@ -80,10 +80,16 @@ _EMBEDDED = re.compile(
 )
 # the last resort, for wrappers no pattern above knows: a code followed by an enhanced status of
 # its class anywhere ("... rejected: 550 5.1.1 ..."), or a code after the word "code" ("got code
-# \"550\"", "code=554", "ERROR_CODE :550"); both read a reply in a new library's words rather
-# than no reply at all
+# \"550\"", "code=554", "ERROR_CODE :550") or after a command's name ("SMTP error, DATA:554");
+# each reads a reply in a new library's words rather than no reply at all
 _ANY_PAIR = re.compile(r"(?<![\w./])([45]\d\d)[ -]\(?([45]\.\d{1,3}\.\d{1,3})\b")
-_AFTER_CODE = re.compile(r"(?:\b|(?<=_))code\b\s*[:=]?\s*[\"']?([45]\d\d)\b", re.IGNORECASE)
+_AFTER_CODE = re.compile(
+    r"(?:(?:\b|(?<=_))code\b\s*[:=]?\s*[\"']?|\b(?:HELO|EHLO|MAIL|RCPT|DATA|DOT|BDAT|AUTH):)([45]\d\d)\b",
+    re.IGNORECASE,
+)
+# qmail-send's log writes a remote reply with its spaces as underscores ("delivery 1: failure:
+# 192.0.2.1_does_not_like_recipient./Remote_host_said:_550_No_such_user/Giving_up_on_...")
+_QMAIL_LOG = re.compile(r"_does_not_like_(recipient|sender)|Remote_host_said:_")
 # an enhanced status given without a code after a client's words ("failed after MAIL FROM: 5.7.0
 # Authentication required", a DSN's "Status: 5.0.0", Sendmail's and Postfix's log "dsn=5.3.0,",
 # MIME::Lite's "command failed: " and a new line, Net::SMTP's "Last server message was:5.3.4",
@@ -159,6 +165,11 @@ class Match:
     needs_model: bool  # no rule or only a catch-all matched, and the learned model is on
 
 
+def _readable(data: str) -> str:
+    """``data`` with a qmail-send log's underscores back to spaces (see ``_QMAIL_LOG``)."""
+    return data.replace("_", " ") if _QMAIL_LOG.search(data) else data
+
+
 def _anywhere(data: str, status: str | None) -> tuple[int | None, str | None]:
     """The last resort's code and status, if the text has them (see ``_ANY_PAIR``)."""
     for pair in _ANY_PAIR.finditer(data):
@@ -171,6 +182,7 @@ def _anywhere(data: str, status: str | None) -> tuple[int | None, str | None]:
 
 def parse_reply(data: str) -> ParsedReply:
     """Split a reply (one or several lines, or a failure message) into code, status and text."""
+    data = _readable(data)
     code: int | None = None
     status: str | None = None
     parts: list[str] = []
@@ -325,6 +337,7 @@ class Classifier:
     def match(self, data: str) -> Match:
         """Read ``data`` and find the first rule it matches; ``classify`` decides from this."""
         data = data[:MAX_CLASSIFIED]
+        data = _readable(data)
         reply = parse_reply(data)
         rule = _first(self.rules, reply)
         return Match(data, reply, rule, self.learned and (rule is None or rule.fallback))
