@@ -403,6 +403,21 @@ def test_operator_rules_are_tried_first(tmp_path: Path) -> None:
     assert classifier.classify("550 5.1.1 No such user").category == "recipient"  # shipped rules still apply
 
 
+def test_rule_patterns_ignore_case_unless_they_ask_for_it(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        "[[rule]]\ncategory = 'spam'\nmessage = 'Appliance'\npattern = '''Blocked By \\SSENTRY\\W'''\n"
+        "unless = '''\\bTEST\\b'''\n\n"
+        "[[rule]]\ncategory = 'virus'\nmessage = 'Scanner'\npattern = '''(?-i:FOUND)'''\n"
+    )
+    classifier = Classifier(Classifier.from_file(rules).rules[:2], learned=False)
+    assert classifier.classify("550 blocked by XSENTRY.").message == "Appliance"  # \S and \W kept
+    assert classifier.classify("550 BLOCKED BY xsentry!").message == "Appliance"
+    assert classifier.classify("550 blocked by xsentry! (test)").message != "Appliance"  # unless, any case
+    assert classifier.classify("554 stream: Eicar-Signature FOUND").message == "Scanner"
+    assert classifier.classify("554 nothing found").message != "Scanner"  # (?-i:) keeps its case
+
+
 @pytest.mark.parametrize(
     ("text", "error"),
     [
