@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from zonerelay.bounces import Classifier, RulesError, classify, parse_reply
-from zonerelay.bounces.classify import CATEGORIES, decide_action
+from zonerelay.bounces.classify import CATEGORIES, decide_action, parse_rules
 
 EXAMPLES = Path(__file__).parent.parent.parent / "zonerelay" / "bounces" / "examples"
 CORPUS = EXAMPLES / "bounce_corpus.toml"
@@ -418,6 +418,21 @@ def test_rule_patterns_ignore_case_unless_they_ask_for_it(tmp_path: Path) -> Non
     assert classifier.classify("550 blocked by xsentry! (test)").message != "Appliance"  # unless, any case
     assert classifier.classify("554 stream: Eicar-Signature FOUND").message == "Scanner"
     assert classifier.classify("554 nothing found").message != "Scanner"  # (?-i:) keeps its case
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "hit"),
+    [
+        (r"(?s-i:AB)", "ab", False),  # asks for case in another form
+        (r"(?s-i:AB)", "AB", True),
+        (r"\x41BC", "abc", True),  # a character named by its code may be a capital: as written
+        (r"\N{LATIN CAPITAL LETTER A}bc", "ABC", True),
+        (r"(blocked)\W+\1", "BLOCKED, blocked", True),
+    ],
+)
+def test_rule_patterns_in_every_form_match_as_written(pattern: str, text: str, hit: bool) -> None:
+    (rule,) = parse_rules({"rule": [{"category": "spam", "pattern": pattern}]}, "test")
+    assert rule.matches(text, 550, None) is hit
 
 
 @pytest.mark.parametrize(
