@@ -13,6 +13,14 @@ from zonerelay.bounces import learned
 REPLY = "550 5.1.1 whatever"  # left to the model (see test_bounce_classify)
 
 
+@pytest.fixture(autouse=True)
+def few_examples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about where the model is kept, not how well it reads: every eighth example
+    fits in about a second, where all of them take several (and each test fits at least once)."""
+    examples = learned.shipped_examples()[::8]
+    monkeypatch.setattr(learned, "shipped_examples", lambda: examples)
+
+
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
