@@ -282,8 +282,9 @@ async def test_a_slow_destination_with_a_backlog_does_not_fill_the_worker(
             "dns": {"nameservers": [dns_server.address], "timeout": 2},
             "zones": {"default": {"port": slow.port}},
             "queue": {"workers": 1},
-            # 3 places; one connection at a time to a destination
-            "delivery": {"concurrency": 3, "destination_concurrency": 1},
+            # 3 places; one connection at a time to a destination; the slow backlog set aside for
+            # 4-6 s (10-15 s by default: the slow ones would take that much longer to finish)
+            "delivery": {"concurrency": 3, "destination_concurrency": 1, "busy_hold_seconds": 4},
         }
     )
     slow_ids = [r.send("a@plain.test", ["rcpt@slow.test"], message(f"slow {n}")) for n in range(6)]

@@ -156,6 +156,7 @@ class DeliveryConfig(_Strict):
     data_timeout: float = Field(600, gt=0)
     concurrency: int = Field(100, ge=1, le=10000)
     destination_concurrency: int = Field(20, ge=1, le=10000)
+    busy_hold_seconds: float = Field(10, gt=0)
 
 
 _RATE_RE = re.compile(

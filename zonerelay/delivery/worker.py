@@ -43,9 +43,8 @@ IDLE_POLL = 0.25
 STORE_RETRY = 5.0
 #: A delivery that waits this long for one of its destination's places in the worker (all
 #: taken by slow transactions) goes back to the queue, with the destination's other due rows,
-#: for BUSY_HOLD to 1.5 * BUSY_HOLD seconds.
+#: for ``[delivery] busy_hold_seconds`` to 1.5 times that.
 BUSY_WAIT = 3.0
-BUSY_HOLD = 10.0
 #: Pauses between tries to record an outcome while the store is away (about 15 s in all).
 RECORD_RETRIES = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: How often a worker gives back leases it holds without knowing (and at once after a failed
@@ -236,10 +235,10 @@ class Worker:
 
     async def _busy(self, zone: str, domain: str, batch: list[Delivery]) -> None:
         """Every place of this worker for the destination stayed taken for BUSY_WAIT: hold the
-        batch, and (once per BUSY_HOLD) postpone the destination's other due rows too, so that
+        batch, and (once per hold) postpone the destination's other due rows too, so that
         the claims that follow take other destinations' mail rather than more of this backlog."""
         now = time.time()
-        until = now + BUSY_HOLD * (1 + random.random() / 2)
+        until = now + self.config.delivery.busy_hold_seconds * (1 + random.random() / 2)
         await self._hold(batch, until, "busy")
         if self._postponed.get((zone, domain), 0.0) <= now:
             _remember(self._postponed, (zone, domain), until, now)
