@@ -231,13 +231,13 @@ def _compile(value: Any, where: str, name: str, *, text: bool = False) -> re.Pat
     if not isinstance(value, str):
         raise RulesError(f"{where}: {name} must be a string")
     try:
-        re.compile(value, re.IGNORECASE)  # the rule as written: its errors name what was written
-        return _compile_text(value) if text else re.compile(value, re.IGNORECASE)
+        as_written = re.compile(value, re.IGNORECASE)  # its errors name what was written
+        return _compile_text(value, as_written) if text else as_written
     except re.error as exc:
         raise RulesError(f"{where}: bad {name} regular expression: {exc}") from None
 
 
-def _compile_text(value: str) -> re.Pattern[str]:
+def _compile_text(value: str, as_written: re.Pattern[str]) -> re.Pattern[str]:
     """A pattern over the reply text, to be searched in the lowercased text: its literal letters
     lowercased (escapes such as ``\\S`` kept) and compiled without IGNORECASE: Python's IGNORECASE
     matching made the shipped rules slower (finding the first rule took 1.95 ms a reply with it,
@@ -245,7 +245,7 @@ def _compile_text(value: str) -> re.Pattern[str]:
     back on (``(?-i:FOUND)``, ``(?s-i)``) keeps IGNORECASE and the text's case, as does one that
     names a character by its code or name (``\\x41``, ``\\N{...}``: it may be a capital)."""
     if _CASE_ON.search(value):
-        return re.compile(value, re.IGNORECASE)
+        return as_written
     folded, i = [], 0
     while i < len(value):
         step = 2 if value[i] == "\\" else 1
@@ -367,7 +367,6 @@ class Classifier:
     def match(self, data: str) -> Match:
         """Read ``data`` and find the first rule it matches; ``classify`` decides from this."""
         data = data[:MAX_CLASSIFIED]
-        data = _readable(data)
         reply = parse_reply(data)
         rule = _first(self.rules, reply)
         return Match(data, reply, rule, self.learned and (rule is None or rule.fallback))
