@@ -6,7 +6,8 @@ Without FILEs: the labelled examples shipped in zonerelay/bounces/examples/ (wha
 and the learned model are built from). Prints, per file, right categories and actions out of
 the cases, the same for the issue's named providers alone and for the rules alone (without
 the learned model), then the total over all files; ``--misses`` lists the replies classified
-wrongly (expected / got).
+wrongly (expected / got). For a natural sample, whose cases say whether they were ``seen`` (a
+copy of an example), it also prints the seen and the new cases apart, and each text counted once.
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ def main(argv: list[str]) -> int:
         print(line(path.name, score(full, cases)))
         print(line("  named providers", score(full, [c for c in cases if c["provider"] in NAMED])))
         print(line("  rules alone", score(rules, cases)))
+        if any("seen" in c for c in cases):  # a natural sample (tests/data/bounce_natural*.toml)
+            print(line("  seen (copies of examples)", score(full, [c for c in cases if c["seen"]])))
+            print(line("  new", score(full, [c for c in cases if not c["seen"]])))
+            distinct = list({c["reply"]: c for c in cases}.values())
+            print(line("  each text once", score(full, distinct)))
+            print(line("  each new text once", score(full, [c for c in distinct if not c["seen"]])))
     if len(files) > 1:
         print(line("all files", score(full, every)))
     return 0
