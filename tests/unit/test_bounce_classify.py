@@ -313,8 +313,8 @@ def test_action_table_by_status(category: str, code: int | None, status: str | N
         ("SMTP error, DATA:554 One or more recipients are invalid", 554, None,
          "SMTP error, DATA:554 One or more recipients are invalid"),
         # a Microsoft NDR's "550;" before the status (natural1)
-        ("550; 5.7.515 Access denied, sending domain example.com does not meet the required authentication level.",
-         550, "5.7.515", "Access denied, sending domain example.com does not meet the required authentication level."),
+        ("550; 5.7.515 Access denied, sending domain example.com does not meet the required level.", 550,
+         "5.7.515", "Access denied, sending domain example.com does not meet the required level."),
         # Microsoft's status with a full stop, an Exchange NDR's "<server #5.1.1>" (holdout29)
         ("5.7.1. Unable To Relay: Blocked by Customer Allow list", None, "5.7.1",
          "5.7.1. Unable To Relay: Blocked by Customer Allow list"),

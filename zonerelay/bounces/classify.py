@@ -46,7 +46,8 @@ DEFERRED_PERMANENT = frozenset({"blacklist", "rate_limit", "mailbox_full", "grey
 # "550-5.1.1 text" / "550 5.1.1 text" / "550 text" / "550; 5.7.515 text" (a Microsoft NDR) at the
 # start of a line, maybe after "smtp;" or a Sendmail transcript's "<<< " or swaks' "<** "
 _LINE = re.compile(
-    r"^\s*(?:smtp;\s*|<<<\s*|<\*\*\s*)?([245]\d\d)(?:[ -]|[:;]\s?|$)(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?\s?(.*)$"
+    r"^\s*(?:smtp;\s*|<<<\s*|<\*\*\s*)?([245]\d\d)(?:[ -]|[:;]\s?|$)"
+    r"(?:\s*([245]\.\d{1,3}\.\d{1,3})\b)?\s?(.*)$"
 )
 # a reply reported by its enhanced status alone ("5.2.0 Email size exceeded ...", Microsoft's
 # "5.7.1. Unable To Relay"), maybe on a line of its own after a client's words: no code
