@@ -4,8 +4,9 @@ The rules (``rules.toml``) are precise where a reply uses a phrase they know; wh
 their specific families matches, a reply used to fall to the generic catch-alls or to its
 status code, and measured on replies nobody had seen, that is where most mistakes were. This
 model reads such a reply the way the labelled examples were read: a linear support vector
-machine (scikit-learn's ``LinearSVC``, i.e. liblinear) over tf-idf weighted word 1-2-grams and
-character 3-5-grams, plus the reply code and the enhanced status as tokens. It is fitted when
+machine (scikit-learn's ``LinearSVC``, i.e. liblinear, classes weighted by their inverse
+frequency) over tf-idf weighted word 1-2-grams and character 3-5-grams, plus the reply code and
+the enhanced status as tokens. It is fitted when
 first needed, from ``examples/*.toml`` (every labelled set once it has been measured as a
 held-out set), in a few seconds, and kept for the machine's other processes (``shipped_model``);
 nothing is fitted offline, so a new labelled set needs no build step.
@@ -71,7 +72,7 @@ class ReplyModel:
             TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), token_pattern=r"(?u)\b\w\w+\b"),
             TfidfVectorizer(sublinear_tf=True, analyzer="char_wb", ngram_range=(3, 5)),
         )
-        self.pipeline = make_pipeline(features, LinearSVC(C=C, random_state=0))
+        self.pipeline = make_pipeline(features, LinearSVC(C=C, class_weight="balanced", random_state=0))
         self.pipeline.fit([text for text, _ in docs], [category for _, category in docs])
 
     def predict(self, data: str) -> str:
