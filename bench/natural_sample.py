@@ -6,6 +6,7 @@
     .venv/bin/python bench/natural_sample.py compare DIR   # DIR/blind_labels.json vs merged.json
     .venv/bin/python bench/natural_sample.py write DIR N   # tests/data/bounce_naturalN.toml
     .venv/bin/python bench/natural_sample.py holdout N M   # examples/bounce_holdoutM.toml
+    .venv/bin/python bench/natural_sample.py figures       # every sample, as first measured
 
 ``write`` puts DIR/header.txt on top; ``holdout`` takes naturalN's new texts.
 
@@ -15,7 +16,11 @@ example shipped now, so that the sample's new texts can be read apart. ``compare
 the cases the re-labeller labelled otherwise, for the lead's ruling (edit merged.json) before
 ``write``; the written file is committed ("Freeze naturalN: ...") before
 ``bench/bounce_accuracy.py`` reads it. ``holdout`` writes the sample's new texts, each once,
-without a header: add one saying where they came from and how they measured.
+without a header: add one saying where they came from and how they measured. ``figures``
+re-runs each frozen sample with the package of its freeze commit (``git archive``), under the
+labels as ruled, the collectors' own (``collector``), the blind re-labeller's (``relabeller``)
+and the label two of the three gave where a third labeller read the splits (``third``; a
+three-way split counts wrong).
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ from __future__ import annotations
 import collections
 import difflib
 import json
+import os
 import re
+import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -143,6 +151,68 @@ def holdout(number: int, target: int) -> None:
     print(path, len(new), "cases")
 
 
+CLASSIFY = """
+import json, sys, tomllib
+sys.path.insert(0, sys.argv[1])
+from zonerelay.bounces.classify import Classifier
+classifier = Classifier()
+cases = tomllib.loads(open(sys.argv[2], encoding="utf-8").read())["case"]
+print(json.dumps([[r.category, r.action] for r in map(classifier.classify, (c["reply"] for c in cases))]))
+"""
+
+
+def as_first_measured(number: int) -> list[tuple[str, str]]:
+    """(category, action) of each case, by the package of the sample's freeze commit."""
+    log = subprocess.run(["git", "-C", str(ROOT), "log", "--format=%H", f"--grep=^Freeze natural{number}:"],
+                         check=True, capture_output=True, text=True).stdout.split()  # fmt: skip
+    with tempfile.TemporaryDirectory() as tree:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", log[-1], "zonerelay", "tests/data"],
+                                 check=True, capture_output=True).stdout  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+        env = {**os.environ, "XDG_CACHE_HOME": f"{tree}/.cache"}  # keep the user's fitted model
+        argv = [sys.executable, "-c", CLASSIFY, tree, f"{tree}/tests/data/bounce_natural{number}.toml"]
+        out = subprocess.run(argv, check=True, capture_output=True, text=True, cwd=tree, env=env).stdout
+    return [(category, action) for category, action in json.loads(out)]
+
+
+def majority(case: dict[str, str]) -> tuple[str | None, str]:
+    """The label two of the three labellers gave (None: a three-way split of categories)."""
+    votes = [tuple(case[k].split("/")) for k in ("collector", "relabeller", "third") if k in case]
+    if len(votes) == 2:
+        return votes[0][0], votes[0][1]  # the two agreed
+    category, count = collections.Counter(v[0] for v in votes).most_common(1)[0]
+    action = collections.Counter(v[1] for v in votes).most_common(1)[0][0]
+    return (category if count > 1 else None), action
+
+
+def figures() -> None:
+    totals: collections.Counter[str] = collections.Counter()
+    for path in sorted(DATA.glob("bounce_natural*.toml"), key=lambda p: int(p.stem[len("bounce_natural"):])):
+        number = int(path.stem[len("bounce_natural"):])
+        cases = tomllib.loads(path.read_text("utf-8"))["case"]
+        got = as_first_measured(number)
+        labellings = {
+            "as ruled": [(c["category"], c["action"]) for c in cases],
+            "collectors": [tuple(c["collector"].split("/")) for c in cases],
+            "re-labeller": [tuple(c["relabeller"].split("/")) for c in cases],
+            "two of three": [majority(c) for c in cases],
+        }
+        parts = []
+        for name, labels in labellings.items():
+            cat = sum(g[0] == lab[0] for g, lab in zip(got, labels, strict=True))
+            act = sum(g[1] == lab[1] for g, lab in zip(got, labels, strict=True))
+            totals[f"{name} cat"] += cat
+            totals[f"{name} act"] += act
+            parts.append(f"{name} {cat}/{act}")
+        totals["n"] += len(cases)
+        print(f"natural{number}: {len(cases)} cases; categories/actions right: " + ", ".join(parts))
+    n = totals["n"]
+    for name in ("as ruled", "collectors", "re-labeller", "two of three"):
+        cat, act = totals[f"{name} cat"], totals[f"{name} act"]
+        print(f"all, {name}: categories {cat}/{n} = {100 * cat / n:.1f} %,"
+              f" actions {act}/{n} = {100 * act / n:.1f} %")  # fmt: skip
+
+
 def main(argv: list[str]) -> int:
     match argv:
         case ["skip", work]:
@@ -157,6 +227,8 @@ def main(argv: list[str]) -> int:
             write(Path(work), int(number))
         case ["holdout", number, target]:
             holdout(int(number), int(target))
+        case ["figures"]:
+            figures()
         case _:
             print(__doc__)
             return 2

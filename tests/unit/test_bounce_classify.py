@@ -602,6 +602,12 @@ def test_natural_samples_are_well_formed(name: str, size: int, seen: int) -> Non
     cases = tomllib.loads((Path(__file__).parent.parent / "data" / name).read_text("utf-8"))["case"]
     assert len(cases) == size
     assert sum(c["seen"] for c in cases) == seen
+    for case in cases:  # every labeller's reading is kept (bench/natural_sample.py figures)
+        for who in ("collector", "relabeller", "third"):
+            if who in case:
+                category, action = case[who].split("/")
+                assert category in CATEGORIES and action in ("reject", "defer"), case
+        assert ("third" in case) == (case["collector"] != case["relabeller"]), case
     named = {"gmail", "microsoft", "outlook.com", "exchange", "yahoo", "aol", "icloud", "gmx", "web.de",
              "1und1", "mail.ru", "yandex", "proofpoint", "mimecast", "barracuda", "spamhaus", "spamcop",
              "uceprotect", "postfix", "exim", "sendmail"}  # fmt: skip
