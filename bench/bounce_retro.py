@@ -27,18 +27,28 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FREEZE = re.compile(r"^Freeze holdout(\d+):")
 
 
-def freeze_commits() -> list[tuple[int, str]]:
-    log = subprocess.run(["git", "-C", str(ROOT), "log", "--format=%H %s", "--grep=^Freeze holdout"],
+def freeze_commits(kind: str = "holdout") -> list[tuple[int, str]]:
+    """(number, commit) of every "Freeze holdoutN: ..." (or "Freeze naturalN: ...") commit."""
+    log = subprocess.run(["git", "-C", str(ROOT), "log", "--format=%H %s", f"--grep=^Freeze {kind}"],
                          check=True, capture_output=True, text=True).stdout  # fmt: skip
+    freeze = re.compile(rf"^Freeze {kind}(\d+):")
     found = []
     for line in log.splitlines():
         commit, subject = line.split(" ", 1)
-        if m := FREEZE.match(subject):
+        if m := freeze.match(subject):
             found.append((int(m.group(1)), commit))
     return sorted(found)
+
+
+def extract(commit: str, tree: str) -> dict[str, str]:
+    """Unpack ``commit``'s package and test data into ``tree``; return the environment for a
+    process run there, with a model cache of its own (the user's fitted model stays as it is)."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "zonerelay", "tests/data"],
+                             check=True, capture_output=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+    return {**os.environ, "XDG_CACHE_HOME": f"{tree}/.cache"}
 
 
 def child(tree: str, number: int, model: str, misses: bool) -> None:
@@ -65,12 +75,9 @@ def child(tree: str, number: int, model: str, misses: bool) -> None:
 
 def run(number: int, commit: str, model: str, misses: bool) -> tuple[int, str]:
     with tempfile.TemporaryDirectory() as tree:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "zonerelay", "tests/data"],
-                                 check=True, capture_output=True).stdout  # fmt: skip
-        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+        env = extract(commit, tree)
         flags = ["--misses"] if misses else []
         argv = [sys.executable, __file__, "--child", tree, str(number), model, *flags]
-        env = {**os.environ, "XDG_CACHE_HOME": f"{tree}/.cache"}  # keep the user's fitted model
         out = subprocess.run(argv, check=True, capture_output=True, text=True, cwd=tree, env=env).stdout
     return number, out
 

@@ -28,13 +28,14 @@ from __future__ import annotations
 import collections
 import difflib
 import json
-import os
 import re
 import subprocess
 import sys
 import tempfile
 import tomllib
 from pathlib import Path
+
+import bounce_retro  # beside this file: the frozen sets' commits, unpacked
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "zonerelay" / "bounces" / "examples"
@@ -163,13 +164,9 @@ print(json.dumps([[r.category, r.action] for r in map(classifier.classify, (c["r
 
 def as_first_measured(number: int) -> list[tuple[str, str]]:
     """(category, action) of each case, by the package of the sample's freeze commit."""
-    log = subprocess.run(["git", "-C", str(ROOT), "log", "--format=%H", f"--grep=^Freeze natural{number}:"],
-                         check=True, capture_output=True, text=True).stdout.split()  # fmt: skip
+    commit = dict(bounce_retro.freeze_commits("natural"))[number]
     with tempfile.TemporaryDirectory() as tree:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", log[-1], "zonerelay", "tests/data"],
-                                 check=True, capture_output=True).stdout  # fmt: skip
-        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
-        env = {**os.environ, "XDG_CACHE_HOME": f"{tree}/.cache"}  # keep the user's fitted model
+        env = bounce_retro.extract(commit, tree)
         argv = [sys.executable, "-c", CLASSIFY, tree, f"{tree}/tests/data/bounce_natural{number}.toml"]
         out = subprocess.run(argv, check=True, capture_output=True, text=True, cwd=tree, env=env).stdout
     return [(category, action) for category, action in json.loads(out)]
